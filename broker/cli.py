@@ -1,0 +1,183 @@
+"""The `bootbroker` command: the helper daemon and the admin and helpdesk commands that talk to it.
+
+`main(argv) -> exit status`, one handler per subcommand. Errors are printed as one clear line and give a
+non-zero status; nothing is swallowed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import config as config_module
+from .errors import BrokerError, ConfigError
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CONFIG = 0, 1, 2, 3
+
+
+def _config(args: argparse.Namespace) -> config_module.Config:
+    return config_module.load(Path(args.config))
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from .helper_client import HelperClient
+
+    socket_path = Path(args.socket) if args.socket else _config(args).helper.socket
+    return HelperClient(socket_path)
+
+
+def _print(args: argparse.Namespace, data: Any, text: Callable[[Any], str]) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True) if args.json else text(data))
+
+
+def cmd_helper(args: argparse.Namespace) -> int:
+    from .backends import make_backend
+    from .helper import Helper
+    from .helper_server import run_helper
+    from .lio import Lio
+
+    if os.geteuid() != 0:
+        print("bootbroker helper: must run as root (it manages LIO targets and overlays)", file=sys.stderr)
+        return EXIT_ERROR
+    config = _config(args)
+    helper = Helper(config, make_backend(config.store), Lio(config.iscsi.portals))
+    try:
+        asyncio.run(run_helper(helper, config.helper))
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = _config(args)
+    print(f"{config.source}: ok")
+    print(f"  store      {config.store.path} ({config.store.backend.value})")
+    print(f"  socket     {config.helper.socket}")
+    print(f"  targets    {config.iscsi.iqn.prefix}:<image>.<user>")
+    print(f"  portals    {', '.join(map(str, config.iscsi.portals))} (advertised: {', '.join(map(str, config.iscsi.advertise))})")
+    print(f"  images     {', '.join(sorted(config.images))}")
+    return EXIT_OK
+
+
+def cmd_start_session(args: argparse.Namespace) -> int:
+    grant = _client(args).call_sync("ensure_session", image=args.image, user=args.user)
+    _print(args, grant, lambda g: "\n".join(f"{k:14} {v}" for k, v in g.items()))
+    return EXIT_OK
+
+
+def cmd_end_session(args: argparse.Namespace) -> int:
+    _client(args).call_sync("end_session", image=args.image, user=args.user)
+    print(f"ended the session of {args.user} on {args.image}")
+    return EXIT_OK
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    result = _client(args).call_sync("reset", image=args.image, user=args.user)
+    _print(args, result, lambda r: (
+        f"reset {args.user} on {args.image}: "
+        + ("live session dropped; " if r["dropped_session"] else "")
+        + f"previous overlay kept as backup {r['backup']}; a fresh copy is made at the next login"
+    ))
+    return EXIT_OK
+
+
+def _sessions_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no live sessions"
+    lines = [f"{'USER':20} {'IMAGE':16} {'VER':>4} {'SINCE':20} {'LOGGED IN':9} {'OVERLAY':>10}  INITIATOR"]
+    for r in rows:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["since"]))
+        lines.append(
+            f"{r['user']:20} {r['image']:16} {r['version']:>4} {since:20} {'yes' if r['logged_in'] else 'no':9} "
+            f"{r['overlay_bytes'] / 2**20:>8.1f}Mi  {r['initiator']}"
+        )
+    return "\n".join(lines)
+
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    _print(args, _client(args).call_sync("sessions"), _sessions_table)
+    return EXIT_OK
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    _print(args, _client(args).call_sync("health"), lambda h: "\n".join(f"{k:18} {v}" for k, v in h.items()))
+    return EXIT_OK
+
+
+def cmd_images_publish(args: argparse.Namespace) -> int:
+    source = os.path.abspath(args.file)
+    result = _client(args).call_sync("publish", image=args.image, source=source)
+    print(f"published {result['image']} version {result['version']} from {source}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bootbroker",
+        description="On-demand iSCSI netboot broker: per-user copy-on-write disks behind iPXE, PAM and Linux LIO.",
+    )
+    parser.add_argument(
+        "--config", default=os.environ.get("BOOTBROKER_CONFIG", str(config_module.DEFAULT_PATH)),
+        help="configuration file (default: $BOOTBROKER_CONFIG or %(default)s)",
+    )
+    parser.add_argument("--socket", help="helper socket (default: [helper] socket from the configuration)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, handler: Callable[[argparse.Namespace], int], help: str, json_output: bool = False) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(handler=handler)
+        if json_output:
+            p.add_argument("--json", action="store_true", help="print JSON for scripts")
+        return p
+
+    add("helper", cmd_helper, "run the privileged helper daemon (root): overlays, LIO targets, sessions")
+    add("check-config", cmd_check_config, "validate the configuration file and summarise it")
+    for name, handler, text in (
+        ("start-session", cmd_start_session, "start a boot session by hand and print its CHAP credentials (root or broker)"),
+        ("end-session", cmd_end_session, "end a user's live boot session; the client is disconnected"),
+        ("reset", cmd_reset, "give a user a fresh copy of an image at the next login; the old one is kept as a backup"),
+    ):
+        p = add(name, handler, text, json_output=name != "end-session")
+        p.add_argument("user", help="the user's login name")
+        p.add_argument("image", help="the image name")
+    add("sessions", cmd_sessions, "list live boot sessions: who, which image, since when, logged in, overlay size", True)
+    add("health", cmd_health, "show the helper's health summary", True)
+    images = sub.add_parser("images", help="manage golden images", description="manage golden images")
+    images_sub = images.add_subparsers(dest="images_command", required=True, metavar="ACTION")
+    publish = images_sub.add_parser("publish", help="store FILE as the next version of IMAGE (root)")
+    publish.set_defaults(handler=cmd_images_publish)
+    publish.add_argument("image", help="an image named in the configuration")
+    publish.add_argument("file", help="a raw disk image file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except ConfigError as e:
+        print(f"bootbroker: configuration error in {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    except BrokerError as e:
+        print(f"bootbroker: {e.code.value}: {e.message}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""The client side of the helper protocol, for the broker and the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from .errors import HelperUnavailable, InternalError, error_from_code
+from .protocol import MAX_REPLY_BYTES, encode_request
+
+
+class HelperClient:
+    def __init__(self, socket_path: Path, timeout: float = 60.0) -> None:
+        self.socket_path = socket_path
+        self.timeout = timeout
+
+    async def call(self, op: str, **args: Any) -> Any:
+        """Send one request; return its result or raise the error the helper reported."""
+        try:
+            reader, writer = await asyncio.open_unix_connection(self.socket_path, limit=MAX_REPLY_BYTES)
+        except FileNotFoundError:
+            raise HelperUnavailable(f"no helper socket at {self.socket_path}; is `bootbroker helper` running?") from None
+        except PermissionError:
+            raise HelperUnavailable(f"no permission to use {self.socket_path}; join the broker or helpdesk group") from None
+        except ConnectionRefusedError:
+            raise HelperUnavailable(f"the helper at {self.socket_path} is not accepting connections") from None
+        try:
+            writer.write(encode_request(op, args))
+            await writer.drain()
+            line = await asyncio.wait_for(reader.readline(), self.timeout)
+        except TimeoutError:
+            raise HelperUnavailable(f"the helper did not answer {op} within {self.timeout:.0f} s") from None
+        except ConnectionError as e:
+            raise HelperUnavailable(f"the helper closed the connection: {e}") from None
+        finally:
+            writer.close()
+        if not line:
+            raise HelperUnavailable("the helper closed the connection without answering")
+        try:
+            reply = json.loads(line)
+        except json.JSONDecodeError:
+            raise InternalError("the helper answered with something that is not JSON") from None
+        if reply.get("ok"):
+            return reply.get("result")
+        error = reply.get("error") or {}
+        raise error_from_code(str(error.get("code")), str(error.get("message")))
+
+    def call_sync(self, op: str, **args: Any) -> Any:
+        return asyncio.run(self.call(op, **args))

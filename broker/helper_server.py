@@ -1,0 +1,157 @@
+"""The helper's Unix socket: who is calling (SO_PEERCRED), what they may do, one request per line.
+
+Roles come from the peer's credentials as the kernel reports them, checked on every request: root may
+do everything; the broker group may start sessions and read health; the helpdesk group may reset, end
+and list sessions. The operations themselves run in a worker thread so a slow one never stalls others'
+health checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import grp
+import logging
+import os
+import pwd
+import socket
+import stat
+import struct
+from dataclasses import dataclass
+from enum import Flag, auto
+
+from .config import HelperConfig
+from .errors import BadRequest, BrokerError, ConfigError, InternalError, NotPermitted
+from .helper import Helper, run_operation
+from .protocol import MAX_MESSAGE_BYTES, decode_request, encode_error, encode_result
+
+log = logging.getLogger(__name__)
+
+IDLE_TIMEOUT = 30.0  # a peer that connects and never speaks is dropped after this
+
+
+class Role(Flag):
+    NONE = 0
+    ROOT = auto()
+    BROKER = auto()
+    HELPDESK = auto()
+
+
+PERMISSIONS: dict[str, Role] = {
+    "ensure_session": Role.ROOT | Role.BROKER,
+    "end_session": Role.ROOT | Role.BROKER | Role.HELPDESK,
+    "reset": Role.ROOT | Role.HELPDESK,
+    "sessions": Role.ROOT | Role.HELPDESK,
+    "health": Role.ROOT | Role.BROKER | Role.HELPDESK,
+    "publish": Role.ROOT,
+}
+
+
+@dataclass(frozen=True)
+class Peer:
+    pid: int
+    uid: int
+    gid: int
+    roles: Role
+
+
+@dataclass(frozen=True)
+class Groups:
+    broker: int
+    helpdesk: int
+
+    @classmethod
+    def resolve(cls, config: HelperConfig) -> Groups:
+        gids, problems = [], []
+        for key, name in (("broker_group", config.broker_group), ("helpdesk_group", config.helpdesk_group)):
+            try:
+                gids.append(grp.getgrnam(name).gr_gid)
+            except KeyError:
+                problems.append(f"[helper] {key}: group {name!r} does not exist; create it (groupadd {name})")
+        if problems:
+            raise ConfigError("helper groups", problems)
+        return cls(*gids)
+
+
+def identify(sock: socket.socket, groups: Groups) -> Peer:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", creds)
+    member_of = {gid}
+    try:
+        member_of.update(os.getgrouplist(pwd.getpwuid(uid).pw_name, gid))
+    except KeyError:
+        pass  # a uid with no passwd entry has only its primary group
+    roles = Role.NONE
+    if uid == 0:
+        roles |= Role.ROOT
+    if groups.broker in member_of:
+        roles |= Role.BROKER
+    if groups.helpdesk in member_of:
+        roles |= Role.HELPDESK
+    return Peer(pid, uid, gid, roles)
+
+
+class HelperServer:
+    def __init__(self, helper: Helper, config: HelperConfig, groups: Groups) -> None:
+        self.helper = helper
+        self.config = config
+        self.groups = groups
+
+    async def serve(self) -> asyncio.AbstractServer:
+        path = self.config.socket
+        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        if path.exists() or path.is_symlink():
+            if not stat.S_ISSOCK(path.lstat().st_mode):
+                raise BadRequest(f"[helper] socket: {path} exists and is not a socket; remove it")
+            path.unlink()
+        # Created 0600 and only then opened to the broker group, so no one connects in between.
+        old_umask = os.umask(0o177)
+        try:
+            server = await asyncio.start_unix_server(self._connection, path, limit=MAX_MESSAGE_BYTES + 1)
+        finally:
+            os.umask(old_umask)
+        os.chown(path, 0, self.groups.broker)
+        os.chmod(path, 0o660)
+        log.info("helper listening on %s", path)
+        return server
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = identify(writer.get_extra_info("socket"), self.groups)
+        try:
+            while True:
+                try:
+                    line = await asyncio.wait_for(reader.readline(), IDLE_TIMEOUT)
+                except TimeoutError:
+                    break
+                except ValueError:  # longer than the limit; the stream cannot be resynchronised
+                    writer.write(encode_error(BadRequest(f"request longer than {MAX_MESSAGE_BYTES} bytes")))
+                    break
+                if not line:
+                    break
+                writer.write(await self.answer(peer, line))
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def answer(self, peer: Peer, line: bytes) -> bytes:
+        try:
+            request = decode_request(line)
+            if not PERMISSIONS[request.op] & peer.roles:
+                raise NotPermitted(f"uid {peer.uid} may not {request.op}")
+            result = await asyncio.to_thread(run_operation, self.helper, request.op, request.args)
+        except BrokerError as e:
+            log.info("refused a request from uid %d pid %d: %s: %s", peer.uid, peer.pid, e.code.value, e.message)
+            return encode_error(e)
+        except Exception:
+            log.exception("operation failed unexpectedly (uid %d pid %d)", peer.uid, peer.pid)
+            return encode_error(InternalError("internal error in the helper; see its log"))
+        return encode_result(result)
+
+
+async def run_helper(helper: Helper, config: HelperConfig) -> None:
+    groups = Groups.resolve(config)
+    await asyncio.to_thread(helper.start)
+    server = await HelperServer(helper, config, groups).serve()
+    async with server:
+        await server.serve_forever()

@@ -1,0 +1,217 @@
+"""Linux LIO through rtslib-fb: the only module that imports rtslib_fb.
+
+One target per overlay (`<prefix>:<image>.<label>`), TPG 1 with authentication on and no generated ACLs,
+LUN 0 on the overlay's backstore, one NodeACL per live boot session with one-way CHAP. Every lookup goes
+straight to the object's configfs path, so a login costs the same with 10 targets or 5,000; whole-tree
+walks happen only in `inventory`, which reconcile calls once at start.
+Callers serialise changes; each method either completes or removes what it created before re-raising.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from rtslib_fb import (
+    LUN,
+    TPG,
+    BlockStorageObject,
+    FabricModule,
+    FileIOStorageObject,
+    MappedLUN,
+    NetworkPortal,
+    NodeACL,
+    Target,
+)
+from rtslib_fb.utils import RTSLibError, RTSLibNotInCFSError
+
+from .config import Portal
+from .errors import BackendFailure
+
+TPG_TAG = 1
+LUN_INDEX = 0
+CONFIGFS_TARGET = Path("/sys/kernel/config/target")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """What LIO holds of ours: target IQNs (with their ACL initiators) and storage object names."""
+
+    acls: dict[str, set[str]]
+    storage_objects: dict[str, Literal["fileio", "block"]]
+
+
+def _lookup_or_create(lookup: Callable[[], T], create: Callable[[], T], created: list[Any]) -> T:
+    try:
+        return lookup()
+    except RTSLibNotInCFSError:
+        obj = create()
+        created.append(obj)
+        return obj
+
+
+def _rolled_back(created: list[Any]) -> None:
+    for obj in reversed(created):
+        try:
+            obj.delete()
+        except (RTSLibError, OSError):
+            pass  # the original error is what the caller needs; a leftover is repaired by reconcile
+
+
+class Lio:
+    def __init__(self, portals: Iterable[Portal]) -> None:
+        self.portals = tuple(portals)
+        self._fabric: Any = None
+
+    def _iscsi(self) -> Any:
+        if self._fabric is None:
+            self._fabric = FabricModule("iscsi")
+        return self._fabric
+
+    def check(self) -> None:
+        """Fail clearly when the kernel has no LIO iSCSI target; `/etc/target` must exist for rtslib."""
+        if not CONFIGFS_TARGET.is_dir():
+            raise BackendFailure(
+                f"{CONFIGFS_TARGET} is missing: mount configfs and load target_core_mod and iscsi_target_mod"
+            )
+        os.makedirs("/etc/target", exist_ok=True)
+        try:
+            self._iscsi()._check_self()
+        except RTSLibError as e:
+            raise BackendFailure(f"the LIO iSCSI fabric is not available: {e}") from None
+
+    def _storage_object(self, name: str, backstore: str) -> Any:
+        cls = FileIOStorageObject if backstore == "fileio" else BlockStorageObject
+        return cls(name)
+
+    def ensure_target(self, iqn: str, so_name: str, backstore: Literal["fileio", "block"], device: Path) -> None:
+        """Ensure the storage object, target, TPG (auth on), portals and LUN 0 exist. Idempotent."""
+        created: list[Any] = []
+        try:
+            if backstore == "fileio":
+                size = device.stat().st_size
+                so = _lookup_or_create(
+                    lambda: FileIOStorageObject(so_name),
+                    lambda: FileIOStorageObject(so_name, dev=str(device), size=size),
+                    created,
+                )
+            else:
+                so = _lookup_or_create(
+                    lambda: BlockStorageObject(so_name), lambda: BlockStorageObject(so_name, dev=str(device)), created
+                )
+            target = _lookup_or_create(
+                lambda: Target(self._iscsi(), iqn, "lookup"), lambda: Target(self._iscsi(), iqn, "create"), created
+            )
+            tpg = _lookup_or_create(lambda: TPG(target, TPG_TAG, "lookup"), lambda: TPG(target, TPG_TAG, "create"), created)
+            if tpg in created:
+                tpg.set_attribute("authentication", "1")
+                tpg.set_attribute("generate_node_acls", "0")
+                tpg.set_attribute("demo_mode_write_protect", "1")
+                tpg.set_attribute("cache_dynamic_acls", "0")
+            for portal in self.portals:
+                NetworkPortal(tpg, portal.host, portal.port, "any")
+            _lookup_or_create(lambda: LUN(tpg, LUN_INDEX), lambda: LUN(tpg, LUN_INDEX, storage_object=so), created)
+            if not tpg.enable:
+                tpg.enable = True
+        except (RTSLibError, OSError) as e:
+            _rolled_back(created)
+            raise BackendFailure(f"LIO refused target {iqn}: {e}") from None
+
+    def _tpg(self, iqn: str) -> Any:
+        return TPG(Target(self._iscsi(), iqn, "lookup"), TPG_TAG, "lookup")
+
+    def replace_acl(self, iqn: str, previous: str | None, initiator: str, chap_user: str, chap_secret: str) -> None:
+        """Delete the previous session's NodeACL (the kernel drops that session) and make the new one."""
+        try:
+            tpg = self._tpg(iqn)
+            if previous is not None:
+                self._delete_acl(tpg, previous)
+        except (RTSLibError, OSError) as e:
+            raise BackendFailure(f"LIO refused to drop the previous session on {iqn}: {e}") from None
+        self.ensure_acl(iqn, initiator, chap_user, chap_secret)
+
+    def ensure_acl(self, iqn: str, initiator: str, chap_user: str, chap_secret: str) -> None:
+        """Ensure a NodeACL for `initiator` with these CHAP credentials and LUN 0 mapped. Idempotent."""
+        created: list[Any] = []
+        try:
+            tpg = self._tpg(iqn)
+            acl = _lookup_or_create(
+                lambda: NodeACL(tpg, initiator, "lookup"), lambda: NodeACL(tpg, initiator, "create"), created
+            )
+            acl.chap_userid = chap_user
+            acl.chap_password = chap_secret
+            _lookup_or_create(
+                lambda: MappedLUN(acl, LUN_INDEX),
+                lambda: MappedLUN(acl, LUN_INDEX, tpg_lun=LUN(tpg, LUN_INDEX), write_protect=False),
+                created,
+            )
+        except (RTSLibError, OSError) as e:
+            _rolled_back(created)
+            raise BackendFailure(f"LIO refused a NodeACL on {iqn}: {e}") from None
+
+    @staticmethod
+    def _delete_acl(tpg: Any, initiator: str) -> None:
+        try:
+            NodeACL(tpg, initiator, "lookup").delete()
+        except RTSLibNotInCFSError:
+            pass
+
+    def delete_acl(self, iqn: str, initiator: str) -> None:
+        """Remove one NodeACL; absent target or ACL is not an error. Idempotent."""
+        try:
+            self._delete_acl(self._tpg(iqn), initiator)
+        except RTSLibNotInCFSError:
+            pass
+        except (RTSLibError, OSError) as e:
+            raise BackendFailure(f"LIO refused to delete an ACL of {iqn}: {e}") from None
+
+    def delete_target(self, iqn: str, so_name: str, backstore: Literal["fileio", "block"]) -> None:
+        """Remove the target (its TPG, ACLs, LUN, portals) and its storage object. Idempotent."""
+        try:
+            try:
+                Target(self._iscsi(), iqn, "lookup").delete()
+            except RTSLibNotInCFSError:
+                pass
+            try:
+                self._storage_object(so_name, backstore).delete()
+            except RTSLibNotInCFSError:
+                pass
+        except (RTSLibError, OSError) as e:
+            raise BackendFailure(f"LIO refused to delete target {iqn}: {e}") from None
+
+    def logged_in(self, iqn: str, initiator: str) -> bool:
+        try:
+            return NodeACL(self._tpg(iqn), initiator, "lookup").session is not None
+        except RTSLibNotInCFSError:
+            return False
+
+    def inventory(self, prefix: str) -> Inventory:
+        """Every target under `prefix` with its ACLs, and every storage object named `<prefix-free>`."""
+        acls: dict[str, set[str]] = {}
+        fabric = CONFIGFS_TARGET / "iscsi"
+        if fabric.is_dir():
+            for target_dir in fabric.iterdir():
+                if target_dir.name.startswith(prefix + ":"):
+                    acl_dir = target_dir / f"tpgt_{TPG_TAG}" / "acls"
+                    acls[target_dir.name] = {p.name for p in acl_dir.iterdir()} if acl_dir.is_dir() else set()
+        objects: dict[str, Literal["fileio", "block"]] = {}
+        for hba in (CONFIGFS_TARGET / "core").glob("*_*"):
+            kind: Literal["fileio", "block"] | None = (
+                "fileio" if hba.name.startswith("fileio_") else "block" if hba.name.startswith("iblock_") else None
+            )
+            if kind is not None:
+                for so in hba.iterdir():
+                    if so.is_dir() and so.name.startswith(STORAGE_OBJECT_PREFIX):
+                        objects[so.name] = kind
+        return Inventory(acls, objects)
+
+
+STORAGE_OBJECT_PREFIX = "bb."
+
+
+def storage_object_name(image: str, label: str) -> str:
+    return f"{STORAGE_OBJECT_PREFIX}{image}.{label}"

@@ -1,0 +1,75 @@
+"""The helper protocol: JSON lines over a Unix socket, versioned, with a size limit per message.
+
+A request is `{"v": 1, "op": NAME, "args": {...}}`; a reply is `{"v": 1, "ok": true, "result": ...}` or
+`{"v": 1, "ok": false, "error": {"code": CODE, "message": TEXT}}` with CODE from `ErrorCode`.
+Operation names and argument names are a closed set; arguments are validated by the helper, not here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import BadRequest, BrokerError, UnsupportedVersion
+
+VERSION = 1
+MAX_MESSAGE_BYTES = 4096
+# Replies may list many sessions; requests stay small.
+MAX_REPLY_BYTES = 16 * 1024 * 1024
+
+OPERATIONS: dict[str, frozenset[str]] = {
+    "ensure_session": frozenset({"image", "user"}),
+    "end_session": frozenset({"image", "user"}),
+    "reset": frozenset({"image", "user"}),
+    "sessions": frozenset(),
+    "health": frozenset(),
+    "publish": frozenset({"image", "source"}),
+}
+
+
+@dataclass(frozen=True)
+class Request:
+    op: str
+    args: dict[str, Any]
+
+
+def encode_request(op: str, args: dict[str, Any]) -> bytes:
+    return _line({"v": VERSION, "op": op, "args": args})
+
+
+def decode_request(line: bytes) -> Request:
+    """Parse one request line; any defect raises BadRequest or UnsupportedVersion."""
+    if len(line) > MAX_MESSAGE_BYTES:
+        raise BadRequest(f"request longer than {MAX_MESSAGE_BYTES} bytes")
+    try:
+        message = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise BadRequest("request is not one line of JSON") from None
+    if not isinstance(message, dict):
+        raise BadRequest("request must be a JSON object")
+    if message.get("v") != VERSION:
+        raise UnsupportedVersion(f"protocol version {message.get('v')!r} not supported; this helper speaks {VERSION}")
+    op, args = message.get("op"), message.get("args", {})
+    if set(message) - {"v", "op", "args"}:
+        raise BadRequest(f"unknown request fields: {', '.join(sorted(set(message) - {'v', 'op', 'args'}))}")
+    if not isinstance(op, str) or op not in OPERATIONS:
+        raise BadRequest(f"unknown operation; known: {', '.join(sorted(OPERATIONS))}")
+    if not isinstance(args, dict):
+        raise BadRequest("args must be a JSON object")
+    expected = OPERATIONS[op]
+    if set(args) != expected:
+        raise BadRequest(f"{op} takes arguments {sorted(expected)}, got {sorted(args)}")
+    return Request(op, args)
+
+
+def encode_result(result: Any) -> bytes:
+    return _line({"v": VERSION, "ok": True, "result": result})
+
+
+def encode_error(error: BrokerError) -> bytes:
+    return _line({"v": VERSION, "ok": False, "error": {"code": error.code.value, "message": error.message}})
+
+
+def _line(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode() + b"\n"

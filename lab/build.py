@@ -1,0 +1,217 @@
+"""Prepare everything the VM lab boots from: host tools, Debian's kernel, a busybox initramfs.
+
+Idempotent and cached: a second call only checks that nothing changed (a few cheap queries).
+Runs as root on a Debian 12 host, because it installs packages and writes under /var/cache.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CACHE = Path("/var/cache/bootbroker-lab")
+
+HOST_PACKAGES = (
+    "qemu-system-x86", "qemu-utils", "qemu-block-extra", "busybox-static", "libiscsi-bin",
+    "btrfs-progs", "xfsprogs", "e2fsprogs", "dmsetup", "kmod", "cpio",
+)
+
+# The metapackage tracks the current Debian 12 kernel ABI; we boot the package it depends on.
+KERNEL_META = "linux-image-amd64"
+
+# Everything the guest needs before its root exists (virtio, 9p, overlay) and everything the
+# tests need from the kernel. Their dependencies are added by modprobe --show-depends.
+# crc32c_generic: btrfs and xfs ask the crypto API for "crc32c", which nothing would autoload.
+MODULES = (
+    "virtio_pci", "virtio_net", "virtio_blk", "9p", "9pnet_virtio", "overlay",
+    "configfs", "target_core_mod", "target_core_file", "target_core_iblock", "iscsi_target_mod",
+    "dm-mod", "dm-snapshot", "loop", "crc32c_generic", "btrfs", "xfs", "ext4",
+)
+
+INIT_SCRIPT = Path(__file__).with_name("init")
+BUSYBOX = Path("/bin/busybox")
+
+
+@dataclass(frozen=True)
+class Build:
+    """What qemu boots: the kernel image, the initramfs, and the full module tree for the guest."""
+
+    kernel: Path
+    initrd: Path
+    modules: Path
+    version: str
+
+
+def log(message: str) -> None:
+    print(f"lab: {message}", file=sys.stderr, flush=True)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("BOOTBROKER_LAB_CACHE") or DEFAULT_CACHE)
+
+
+def ensure_build(cache: Path | None = None) -> Build:
+    """Install missing host tools, then fetch the kernel and build the initramfs unless cached."""
+    cache = cache or cache_dir()
+    ensure_host_packages()
+    cache.mkdir(parents=True, exist_ok=True)
+    root, version = ensure_kernel(cache, *kernel_package())
+    modules = root / "lib" / "modules" / version
+    return Build(
+        kernel=root / "boot" / f"vmlinuz-{version}",
+        initrd=ensure_initrd(cache, modules, version),
+        modules=modules,
+        version=version,
+    )
+
+
+def _run(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[Any]:
+    kwargs.setdefault("text", True)
+    return subprocess.run(argv, check=True, **kwargs)
+
+
+def _apt(argv: list[str], cwd: Path | None = None) -> None:
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    _run(argv, cwd=cwd, env=env, stdout=sys.stderr)
+
+
+def ensure_host_packages() -> None:
+    installed = _installed(HOST_PACKAGES)
+    missing = [p for p in HOST_PACKAGES if p not in installed]
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        raise SystemExit(f"lab: missing host packages {' '.join(missing)}: run this as root")
+    if not _apt_knows(missing):
+        log("apt-get update")
+        _apt(["apt-get", "update"])
+    log(f"installing {' '.join(missing)}")
+    # Recommends would pull a GUI stack into a headless lab.
+    _apt(["apt-get", "install", "-y", "--no-install-recommends", *missing])
+
+
+def _installed(packages: tuple[str, ...]) -> set[str]:
+    # dpkg-query fails for names it has never seen; the output still lists the known ones.
+    out = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Package} ${db:Status-Abbrev}\n", *packages],
+        capture_output=True, text=True, check=False,
+    ).stdout
+    return {line.split()[0] for line in out.splitlines() if line.split()[1:2] == ["ii"]}
+
+
+def _apt_knows(packages: list[str]) -> bool:
+    probe = subprocess.run(
+        ["apt-cache", "show", "--no-all-versions", *packages], capture_output=True, check=False
+    )
+    return probe.returncode == 0
+
+
+def kernel_package() -> tuple[str, str]:
+    """Name and version of the concrete kernel package the metapackage depends on."""
+    if not _apt_knows([KERNEL_META]):
+        log("apt-get update")
+        _apt(["apt-get", "update"])
+    show = _run(["apt-cache", "show", "--no-all-versions", KERNEL_META], capture_output=True).stdout
+    for line in show.splitlines():
+        if line.startswith("Depends:"):
+            # "Depends: linux-image-6.1.0-56-amd64 (= 6.1.192-2)"
+            name, _, version = line.split(":", 1)[1].split(",")[0].split()[:3]
+            return name, version.rstrip(")")
+    raise RuntimeError(f"{KERNEL_META} has no Depends line:\n{show}")
+
+
+def ensure_kernel(cache: Path, package: str, version: str) -> tuple[Path, str]:
+    """Unpack the kernel package into cache/<package>_<version> and index its modules."""
+    root = cache / f"{package}_{version}"
+    kernel_version = package.removeprefix("linux-image-")
+    if not root.is_dir():
+        with tempfile.TemporaryDirectory(dir=cache) as tmp:
+            deb = _download(package, version, Path(tmp))
+            log(f"unpacking {deb.name}")
+            _run(["dpkg", "-x", str(deb), f"{tmp}/root"])
+            _run(["depmod", "-b", f"{tmp}/root", kernel_version])
+            # Rename last, so an interrupted build is never mistaken for a finished one.
+            Path(tmp, "root").rename(root)
+        _prune(cache, keep=root.name, pattern="linux-image-*")
+    return root, kernel_version
+
+
+def _download(package: str, version: str, into: Path) -> Path:
+    log(f"downloading {package}={version}")
+    try:
+        _apt(["apt-get", "download", f"{package}={version}"], cwd=into)
+    except subprocess.CalledProcessError:
+        # Stale package lists name a version the mirror no longer has.
+        log("download failed; apt-get update and retry")
+        _apt(["apt-get", "update"])
+        _apt(["apt-get", "download", f"{package}={version}"], cwd=into)
+    return next(into.glob(f"{package}_*.deb"))
+
+
+def _prune(cache: Path, keep: str, pattern: str) -> None:
+    for old in cache.glob(pattern):
+        if old.name != keep:
+            log(f"removing old {old.name}")
+            if old.is_dir():
+                shutil.rmtree(old)
+            else:
+                old.unlink()
+
+
+def module_files(modules: Path, version: str) -> list[Path]:
+    """Every .ko to insmod, dependencies first, built-in modules left out."""
+    ordered: list[Path] = []
+    for name in MODULES:
+        out = _run(
+            ["modprobe", "-d", str(modules.parents[2]), "-S", version, "--show-depends", name],
+            capture_output=True,
+        ).stdout
+        for line in out.splitlines():
+            # "insmod /path/x.ko [options]" or "builtin x"
+            words = line.split()
+            if words[0] == "insmod" and Path(words[1]) not in ordered:
+                ordered.append(Path(words[1]))
+    return ordered
+
+
+def ensure_initrd(cache: Path, modules: Path, version: str) -> Path:
+    """The busybox initramfs; its name is a hash of its inputs, so a change means a rebuild."""
+    files = module_files(modules, version)
+    digest = hashlib.sha256()
+    for part in (INIT_SCRIPT, BUSYBOX, *files):
+        digest.update(str(part).encode() + b"\0" + part.read_bytes())
+    initrd = cache / f"initrd-{digest.hexdigest()[:16]}.img"
+    if not initrd.exists():
+        log(f"building {initrd.name} ({len(files)} modules)")
+        tmp = initrd.with_suffix(".tmp")
+        tmp.write_bytes(gzip.compress(_cpio(files), compresslevel=6))
+        tmp.rename(initrd)
+        _prune(cache, keep=initrd.name, pattern="initrd-*")
+    return initrd
+
+
+def _cpio(files: list[Path]) -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        stage = Path(tmp)
+        (stage / "bin").mkdir()
+        (stage / "modules").mkdir()
+        shutil.copy2(BUSYBOX, stage / "bin" / "busybox")
+        shutil.copy2(INIT_SCRIPT, stage / "init")
+        (stage / "init").chmod(0o755)
+        for ko in files:
+            shutil.copy2(ko, stage / "modules" / ko.name)
+        # lab/init loads the modules in this order.
+        (stage / "modules" / "order").write_text("".join(f"{ko.name}\n" for ko in files))
+        names = sorted(str(p.relative_to(stage)) for p in stage.rglob("*"))
+        return _run(
+            ["cpio", "-o", "-H", "newc", "-R", "0:0", "--quiet"],
+            cwd=stage, input="".join(f"{n}\n" for n in names).encode(), capture_output=True, text=False,
+        ).stdout

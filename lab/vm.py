@@ -1,0 +1,335 @@
+"""Boot and drive the lab VM: Debian's kernel under qemu TCG, with the host's / as its root.
+
+The host's kernel has no configfs, LIO or device-mapper, so tests that need the real kernel run
+their commands in this VM through lab/agent.py. Everything listens on the host's 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import secrets
+import shutil
+import signal as signals
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from lab.build import Build, cache_dir, ensure_build, log
+
+REPO = Path(__file__).resolve().parents[1]
+GUEST_IP = "10.0.2.15"
+GUEST_PORTS = {"agent": 7000, "iscsi": 3260, "broker": 8443, "http": 8080}
+DISK_SIZE = 2 << 30
+# Made on the host, where mkfs is fast; the guest mounts /dev/<device> at /srv/<filesystem>.
+DISKS = {
+    "vda": ["mkfs.btrfs", "-q", "-f"],
+    "vdb": ["mkfs.xfs", "-q", "-f", "-m", "reflink=1"],
+    # Initialise inode tables now, or the guest kernel would do it slowly under TCG.
+    "vdc": ["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"],
+}
+FILESYSTEMS = {"vda": "btrfs", "vdb": "xfs", "vdc": "ext4"}
+PR_SET_PDEATHSIG = 1
+
+
+class LabError(Exception):
+    """The lab VM did not boot, or its agent could not do what was asked."""
+
+
+@dataclass(frozen=True)
+class LabResult:
+    rc: int | None  # None when the command ran out of time and was killed
+    stdout: str
+    stderr: str
+    timed_out: bool = False
+
+
+class LabCommandError(LabError):
+    def __init__(self, argv: list[str], result: LabResult) -> None:
+        why = "timed out" if result.timed_out else f"exited {result.rc}"
+        super().__init__(f"{argv} {why}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+        self.rc = result.rc
+        self.stdout = result.stdout
+        self.stderr = result.stderr
+
+
+@dataclass(frozen=True)
+class SpawnHandle:
+    id: int
+    argv: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SpawnStatus:
+    rc: int | None  # None while the process is still running
+    output: str  # stdout and stderr so far
+
+
+class Lab:
+    """One lab VM. Use as a context manager, so qemu never outlives its user."""
+
+    def __init__(
+        self,
+        cache_dir: Path | None = None,
+        work_dir: Path | None = None,
+        memory_mb: int = 2048,
+        cpus: int = 2,
+        boot_timeout: float = 180.0,
+    ) -> None:
+        self._cache = cache_dir
+        self._work_dir = work_dir
+        self._own_work_dir = work_dir is None
+        self.memory_mb = memory_mb
+        self.cpus = cpus
+        self.boot_timeout = boot_timeout
+        self.boot_seconds: float | None = None
+        self._qemu: subprocess.Popen[bytes] | None = None
+        self._ports: dict[str, int] = {}
+        self._token = ""
+
+    @property
+    def repo(self) -> Path:
+        """The repo root; the VM sees the host's files at the same paths."""
+        return REPO
+
+    @property
+    def python(self) -> Path:
+        """The venv's Python, which runs both here and in the VM."""
+        return REPO / ".venv" / "bin" / "python"
+
+    @property
+    def iscsi_port(self) -> int:
+        return self._ports["iscsi"]
+
+    @property
+    def broker_port(self) -> int:
+        return self._ports["broker"]
+
+    @property
+    def http_port(self) -> int:
+        return self._ports["http"]
+
+    @property
+    def work_dir(self) -> Path:
+        if self._work_dir is None:
+            raise LabError("the lab has not been started")
+        return self._work_dir
+
+    @property
+    def console_log(self) -> Path:
+        return self.work_dir / "console.log"
+
+    def __enter__(self) -> Lab:
+        self.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Build if needed, make fresh disks, boot, and wait until the agent answers."""
+        if self._qemu is not None:
+            raise LabError("the lab is already running")
+        build = ensure_build(self._cache or cache_dir())
+        self._check_paths(build)
+        if self._work_dir is None:
+            runs = (self._cache or cache_dir()) / "runs"
+            runs.mkdir(exist_ok=True)
+            # Not under /tmp: the guest mounts its own tmpfs there.
+            self._work_dir = Path(tempfile.mkdtemp(prefix="lab-", dir=runs))
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._boot(build)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _check_paths(self, build: Build) -> None:
+        if not self.python.exists():
+            raise LabError(f"{self.python} is missing: run scripts/lab setup")
+        # The kernel command line splits on spaces.
+        for path in (REPO, build.modules):
+            if " " in str(path):
+                raise LabError(f"the lab cannot use a path with spaces: {path}")
+
+    def _boot(self, build: Build) -> None:
+        self._token = secrets.token_hex(16)
+        token_file = self.work_dir / "token"
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(self._token)
+        self._make_disks()
+        self._ports = {name: _free_port() for name in GUEST_PORTS}
+        began = time.monotonic()
+        log(f"booting {build.version} under TCG ({self.cpus} cpus, {self.memory_mb} MiB)")
+        with (self.work_dir / "qemu.log").open("wb") as qemu_log:
+            self._qemu = subprocess.Popen(
+                self._qemu_argv(build, token_file), stdin=subprocess.DEVNULL,
+                stdout=qemu_log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+            )
+        self._wait_for_agent(began)
+        self.boot_seconds = time.monotonic() - began
+        log(f"lab ready in {self.boot_seconds:.1f} s (console: {self.console_log})")
+
+    def _make_disks(self) -> None:
+        log("formatting fresh btrfs, xfs and ext4 disks")
+        for device, mkfs in DISKS.items():
+            image = self.work_dir / f"{FILESYSTEMS[device]}.img"
+            image.unlink(missing_ok=True)
+            with image.open("wb") as disk:
+                disk.truncate(DISK_SIZE)
+            subprocess.run([*mkfs, str(image)], check=True, capture_output=True)
+
+    def _qemu_argv(self, build: Build, token_file: Path) -> list[str]:
+        forwards = ",".join(
+            f"hostfwd=tcp:127.0.0.1:{self._ports[name]}-{GUEST_IP}:{port}"
+            for name, port in GUEST_PORTS.items()
+        )
+        disks = ",".join(f"{device}:{fs}" for device, fs in FILESYSTEMS.items())
+        cmdline = (
+            f"console=ttyS0 panic=-1 lab.python={self.python} lab.repo={REPO} "
+            f"lab.port={GUEST_PORTS['agent']} lab.token={token_file} "
+            f"lab.modules={build.modules} lab.disks={disks}"
+        )
+        argv = [
+            "qemu-system-x86_64", "-accel", "tcg", "-machine", "pc", "-cpu", "max",
+            "-smp", str(self.cpus), "-m", str(self.memory_mb),
+            "-nodefaults", "-display", "none", "-no-reboot",
+            "-serial", f"file:{self.console_log}",
+            "-kernel", str(build.kernel), "-initrd", str(build.initrd), "-append", cmdline,
+            "-netdev", f"user,id=n0,restrict=off,{forwards}",
+            # romfile=: no PXE option ROM, we boot the kernel directly.
+            "-device", "virtio-net-pci,netdev=n0,romfile=",
+            # multidevs=remap: the host's / spans several filesystems; keep inode numbers unique.
+            "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+        ]
+        for device in DISKS:
+            image = self.work_dir / f"{FILESYSTEMS[device]}.img"
+            # cache=unsafe: the disks are thrown away after each boot.
+            argv += ["-drive", f"file={image},format=raw,if=virtio,cache=unsafe"]
+        return argv
+
+    def _wait_for_agent(self, began: float) -> None:
+        deadline = began + self.boot_timeout
+        next_report = began + 10
+        while True:
+            self._check_qemu_alive()
+            try:
+                self._call("ping", wait=5)
+                return
+            except (OSError, LabError):
+                pass
+            now = time.monotonic()
+            if now > deadline:
+                raise LabError(f"the lab agent did not answer in {self.boot_timeout:.0f} s\n{self._tail()}")
+            if now > next_report:
+                log(f"still booting ({now - began:.0f} s): {self._tail(1).strip()}")
+                next_report = now + 10
+            time.sleep(0.5)
+
+    def _check_qemu_alive(self) -> None:
+        if self._qemu is not None and self._qemu.poll() is not None:
+            qemu_log = (self.work_dir / "qemu.log").read_text(errors="replace")
+            raise LabError(f"qemu exited with {self._qemu.returncode}\n{qemu_log}\n{self._tail()}")
+
+    def _tail(self, lines: int = 40) -> str:
+        try:
+            text = self.console_log.read_text(errors="replace")
+        except FileNotFoundError:
+            return "(no console output)"
+        return "console.log:\n" + "\n".join(text.splitlines()[-lines:])
+
+    def stop(self) -> None:
+        """Power off (qemu is killed: the VM holds nothing worth a clean shutdown); idempotent."""
+        if self._qemu is not None:
+            self._qemu.terminate()
+            try:
+                self._qemu.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._qemu.kill()
+                self._qemu.wait()
+            self._qemu = None
+        if self._work_dir is not None:
+            for fs in FILESYSTEMS.values():
+                (self._work_dir / f"{fs}.img").unlink(missing_ok=True)
+            if self._own_work_dir:
+                shutil.rmtree(self._work_dir, ignore_errors=True)
+                self._work_dir = None
+
+    def _call(self, op: str, wait: float, **fields: Any) -> dict[str, Any]:
+        """One request to the agent on a fresh connection (so threads may share a Lab)."""
+        if self._qemu is None:
+            raise LabError("the lab is not running")
+        request = json.dumps({"op": op, "token": self._token, **fields}).encode() + b"\n"
+        with socket.create_connection(("127.0.0.1", self._ports["agent"]), timeout=wait) as conn:
+            conn.sendall(request)
+            line = conn.makefile("rb").readline()
+        if not line:
+            raise ConnectionError("the lab agent closed the connection")
+        reply: dict[str, Any] = json.loads(line)
+        if "error" in reply:
+            raise LabError(f"lab agent: {op}: {reply['error']}")
+        return reply
+
+    def run(
+        self,
+        argv: list[str],
+        *,
+        stdin: str | None = None,
+        timeout: float = 120,
+        user: str | None = None,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        check: bool = True,
+    ) -> LabResult:
+        """Run argv in the VM as root (or as user) and wait for it; check raises on failure."""
+        reply = self._call(
+            "run", wait=timeout + 30, argv=argv, stdin=stdin, timeout=timeout,
+            user=user, env=env, cwd=cwd,
+        )
+        result = LabResult(reply["rc"], reply["stdout"], reply["stderr"], reply["timeout"])
+        if check and result.rc != 0:
+            raise LabCommandError(argv, result)
+        return result
+
+    def spawn(
+        self,
+        argv: list[str],
+        *,
+        stdin: str | None = None,
+        user: str | None = None,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+    ) -> SpawnHandle:
+        """Start argv in the background in the VM; its output goes to /tmp/lab-spawn-ID.log."""
+        reply = self._call("spawn", wait=30, argv=argv, stdin=stdin, user=user, env=env, cwd=cwd)
+        return SpawnHandle(reply["id"], tuple(argv))
+
+    def signal(self, handle: SpawnHandle, sig: int) -> None:
+        self._call("signal", wait=30, id=handle.id, signal=int(sig))
+
+    def wait(self, handle: SpawnHandle, timeout: float = 60) -> SpawnStatus:
+        """Wait up to timeout for a spawned process; rc is None if it still runs."""
+        reply = self._call("wait", wait=timeout + 30, id=handle.id, timeout=timeout)
+        return SpawnStatus(reply["rc"], reply["output"])
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _die_with_parent() -> None:
+    """In the qemu child: get SIGKILL if our process dies without calling stop()."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signals.SIGKILL)
