@@ -178,8 +178,9 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Config:
     date = r.value("iscsi", iscsi_t, "date", str)
     if date is not None and not IQN_DATE.fullmatch(date):
         r.problems.append(f"[iscsi] date: {date!r} is not YYYY-MM (a month the domain was yours)")
-    portals = _portals(r, "portals", r.value("iscsi", iscsi_t, "portals", list), allow_wildcard=True)
-    if not portals and "portals" in iscsi_t:
+    portals_raw = r.value("iscsi", iscsi_t, "portals", list)
+    portals = _portals(r, "portals", portals_raw, allow_wildcard=True)
+    if portals_raw == []:
         r.problems.append("[iscsi] portals: list at least one ADDRESS:PORT for LIO to listen on")
     advertise_raw = r.value("iscsi", iscsi_t, "advertise", list, [])
     advertise = _portals(r, "advertise", advertise_raw, allow_wildcard=False)

@@ -18,6 +18,7 @@ import stat
 import struct
 from dataclasses import dataclass
 from enum import Flag, auto
+from pathlib import Path
 
 from .config import HelperConfig
 from .errors import BadRequest, BrokerError, ConfigError, InternalError, NotPermitted
@@ -90,6 +91,33 @@ def identify(sock: socket.socket, groups: Groups) -> Peer:
     return Peer(pid, uid, gid, roles)
 
 
+ACL_XATTR = "system.posix_acl_access"
+_ACL_ENTRY = struct.Struct("<HHI")
+_ACL_USER_OBJ, _ACL_GROUP_OBJ, _ACL_GROUP, _ACL_MASK, _ACL_OTHER = 0x01, 0x04, 0x08, 0x10, 0x20
+_ACL_UNDEFINED_ID = 0xFFFFFFFF
+_RW = 0o6
+
+
+def grant_group_access(path: Path, gid: int) -> None:
+    """Let a second group (helpdesk) connect to the 0660 broker-group socket, through a POSIX ACL.
+
+    Written as the kernel's xattr format directly, so the helper needs no setfacl binary.
+    """
+    entries = [
+        (_ACL_USER_OBJ, _RW, _ACL_UNDEFINED_ID),
+        (_ACL_GROUP_OBJ, _RW, _ACL_UNDEFINED_ID),
+        (_ACL_GROUP, _RW, gid),
+        (_ACL_MASK, _RW, _ACL_UNDEFINED_ID),
+        (_ACL_OTHER, 0, _ACL_UNDEFINED_ID),
+    ]
+    value = struct.pack("<I", 2) + b"".join(_ACL_ENTRY.pack(*e) for e in entries)
+    try:
+        os.setxattr(path, ACL_XATTR, value)
+    except OSError as e:
+        log.warning("cannot give the helpdesk group access to %s (%s): helpdesk commands must run as root",
+                    path, e.strerror)
+
+
 class HelperServer:
     def __init__(self, helper: Helper, config: HelperConfig, groups: Groups) -> None:
         self.helper = helper
@@ -111,6 +139,7 @@ class HelperServer:
             os.umask(old_umask)
         os.chown(path, 0, self.groups.broker)
         os.chmod(path, 0o660)
+        grant_group_access(path, self.groups.helpdesk)
         log.info("helper listening on %s", path)
         return server
 

@@ -27,14 +27,13 @@ REPO = Path(__file__).resolve().parents[1]
 GUEST_IP = "10.0.2.15"
 GUEST_PORTS = {"agent": 7000, "iscsi": 3260, "broker": 8443, "http": 8080}
 DISK_SIZE = 2 << 30
-# Made on the host, where mkfs is fast; the guest mounts /dev/<device> at /srv/<filesystem>.
-DISKS = {
-    "vda": ["mkfs.btrfs", "-q", "-f"],
-    "vdb": ["mkfs.xfs", "-q", "-f", "-m", "reflink=1"],
+# (device, filesystem, mkfs): made on the host, where mkfs is fast; mounted at /srv/<filesystem>.
+DISKS = (
+    ("vda", "btrfs", ["mkfs.btrfs", "-q", "-f"]),
+    ("vdb", "xfs", ["mkfs.xfs", "-q", "-f", "-m", "reflink=1"]),
     # Initialise inode tables now, or the guest kernel would do it slowly under TCG.
-    "vdc": ["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"],
-}
-FILESYSTEMS = {"vda": "btrfs", "vdb": "xfs", "vdc": "ext4"}
+    ("vdc", "ext4", ["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"]),
+)
 PR_SET_PDEATHSIG = 1
 
 
@@ -181,19 +180,22 @@ class Lab:
 
     def _make_disks(self) -> None:
         log("formatting fresh btrfs, xfs and ext4 disks")
-        for device, mkfs in DISKS.items():
-            image = self.work_dir / f"{FILESYSTEMS[device]}.img"
+        for _, fs, mkfs in DISKS:
+            image = self._disk(fs)
             image.unlink(missing_ok=True)
             with image.open("wb") as disk:
                 disk.truncate(DISK_SIZE)
             subprocess.run([*mkfs, str(image)], check=True, capture_output=True)
+
+    def _disk(self, fs: str) -> Path:
+        return self.work_dir / f"{fs}.img"
 
     def _qemu_argv(self, build: Build, token_file: Path) -> list[str]:
         forwards = ",".join(
             f"hostfwd=tcp:127.0.0.1:{self._ports[name]}-{GUEST_IP}:{port}"
             for name, port in GUEST_PORTS.items()
         )
-        disks = ",".join(f"{device}:{fs}" for device, fs in FILESYSTEMS.items())
+        disks = ",".join(f"{device}:{fs}" for device, fs, _ in DISKS)
         cmdline = (
             f"console=ttyS0 panic=-1 lab.python={self.python} lab.repo={REPO} "
             f"lab.port={GUEST_PORTS['agent']} lab.token={token_file} "
@@ -211,10 +213,9 @@ class Lab:
             # multidevs=remap: the host's / spans several filesystems; keep inode numbers unique.
             "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
         ]
-        for device in DISKS:
-            image = self.work_dir / f"{FILESYSTEMS[device]}.img"
+        for _, fs, _ in DISKS:
             # cache=unsafe: the disks are thrown away after each boot.
-            argv += ["-drive", f"file={image},format=raw,if=virtio,cache=unsafe"]
+            argv += ["-drive", f"file={self._disk(fs)},format=raw,if=virtio,cache=unsafe"]
         return argv
 
     def _wait_for_agent(self, began: float) -> None:
@@ -258,8 +259,8 @@ class Lab:
                 self._qemu.wait()
             self._qemu = None
         if self._work_dir is not None:
-            for fs in FILESYSTEMS.values():
-                (self._work_dir / f"{fs}.img").unlink(missing_ok=True)
+            for _, fs, _ in DISKS:
+                self._disk(fs).unlink(missing_ok=True)
             if self._own_work_dir:
                 shutil.rmtree(self._work_dir, ignore_errors=True)
                 self._work_dir = None

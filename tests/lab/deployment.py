@@ -1,0 +1,178 @@
+"""A bootbroker helper deployed inside the lab VM, and the real iSCSI clients that talk to its targets.
+
+The helper runs as root in the VM against the kernel's LIO; the clients (libiscsi's tools, qemu-io) run
+on the host and reach the VM's port 3260 through qemu's forwarding on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from lab.vm import Lab, LabCommandError, LabResult, SpawnHandle
+
+ACCOUNTS = {
+    "brokersvc": ["-N", "-g", "bootbroker"],  # the broker's service account
+    "deskstaff": ["-U", "-G", "bootbroker-helpdesk"],  # a helpdesk member
+    "outsider": ["-U"],  # in neither group
+}
+GOLDEN_MIB = 16
+
+
+def prepare_accounts(lab: Lab) -> None:
+    for group in ("bootbroker", "bootbroker-helpdesk"):
+        lab.run(["groupadd", "-f", group])
+    for user, options in ACCOUNTS.items():
+        if lab.run(["id", user], check=False).rc != 0:
+            lab.run(["useradd", "-M", *options, user])
+
+def clear_lio(lab: Lab) -> None:
+    lab.run([str(lab.python), "-c", "from rtslib_fb import RTSRoot; RTSRoot().clear_existing(confirm=True)"])
+
+
+@dataclass
+class Grant:
+    target_iqn: str
+    lun: int
+    portals: list[str]
+    initiator_iqn: str
+    chap_user: str
+    chap_secret: str
+
+
+class Deployment:
+    """One helper in the VM with its own store, socket and configuration."""
+
+    def __init__(self, lab: Lab, backend: str, store: str) -> None:
+        self.lab = lab
+        self.backend = backend
+        self.store = store
+        self.config = f"/etc/bootbroker/{backend}.toml"
+        self.socket = f"/run/bootbroker/{backend}.sock"
+        self.domain = f"{backend.replace('-', '')}.lab.example.org"
+        self.process: SpawnHandle | None = None
+        self.golden: dict[str, str] = {}  # image -> sha256 of its first published version
+
+    def config_text(self) -> str:
+        return f"""
+[store]
+path = "{self.store}"
+backend = "{self.backend}"
+
+[helper]
+socket = "{self.socket}"
+
+[iscsi]
+domain = "{self.domain}"
+date = "2026-11"
+portals = ["0.0.0.0:3260"]
+advertise = ["10.0.2.15:3260"]
+
+[images.demo]
+description = "Demo disk"
+
+[images.other]
+description = "Second image"
+"""
+
+    def install(self) -> None:
+        self.lab.run(["mkdir", "-p", "/etc/bootbroker", self.store])
+        self.lab.run(["tee", self.config], stdin=self.config_text())
+
+    def start(self) -> None:
+        self.process = self.lab.spawn(self.cli_argv("helper"))
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.cli("health", check=False).rc == 0:
+                return
+            status = self.lab.wait(self.process, timeout=1)
+            if status.rc is not None:
+                raise AssertionError(f"helper exited {status.rc}:\n{status.output}")
+        raise AssertionError(f"helper did not answer within 120 s:\n{self.lab.wait(self.process, 0).output}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> str:
+        assert self.process is not None
+        self.lab.signal(self.process, sig)
+        status = self.lab.wait(self.process, timeout=30)
+        self.process = None
+        return status.output
+
+    def log(self) -> str:
+        assert self.process is not None
+        return self.lab.wait(self.process, timeout=0).output
+
+    def cli_argv(self, *args: str) -> list[str]:
+        return [str(self.lab.python), "-m", "broker.cli", "--config", self.config, *args]
+
+    def cli(self, *args: str, user: str | None = None, check: bool = True) -> LabResult:
+        return self.lab.run(self.cli_argv(*args), user=user, check=check, cwd=str(self.lab.repo))
+
+    def cli_json(self, *args: str, user: str | None = None) -> Any:
+        return json.loads(self.cli(*args, "--json", user=user).stdout)
+
+    def ensure_session(self, user: str, image: str = "demo") -> Grant:
+        return Grant(**self.cli_json("start-session", user, image))
+
+    def publish_random_golden(self, image: str) -> str:
+        """Publish a golden image of random bytes; returns its sha256 in the store."""
+        source = f"/tmp/golden-{image}.img"
+        self.lab.run(["dd", "if=/dev/urandom", f"of={source}", "bs=1M", f"count={GOLDEN_MIB}", "status=none"])
+        self.cli("images", "publish", image, source)
+        return self.golden_sha256(image)
+
+    def golden_sha256(self, image: str, version: int = 1) -> str:
+        path = f"{self.store}/images/{image}/v{version}.img"
+        return self.lab.run(["sha256sum", path]).stdout.split()[0]
+
+    def overlay_dir(self, image: str, label: str) -> str:
+        return f"{self.store}/overlays/{image}/{label}"
+
+    def lio(self, python: str) -> str:
+        """Evaluate a Python expression against configfs in the VM (read-only inspection)."""
+        return self.lab.run([str(self.lab.python), "-c", python]).stdout.strip()
+
+    def snapshot(self) -> str:
+        """A fingerprint of everything the helper may change: files in the store and LIO's tree."""
+        files = self.lab.run(["sh", "-c", f"cd {self.store} && find . -printf '%p %s %m\\n' | sort"]).stdout
+        lio = self.lab.run(["sh", "-c", "cd /sys/kernel/config/target && find iscsi core | sort"]).stdout
+        return files + lio
+
+
+# Real clients on the host.
+
+def iscsi_url(lab: Lab, grant: Grant, secret: str | None = None, user: str | None = None) -> str:
+    return (
+        f"iscsi://{user or grant.chap_user}%{secret or grant.chap_secret}"
+        f"@127.0.0.1:{lab.iscsi_port}/{grant.target_iqn}/{grant.lun}"
+    )
+
+
+def iscsi_tool(lab: Lab, tool: str, grant: Grant, *, secret: str | None = None, user: str | None = None,
+               initiator: str | None = None) -> subprocess.CompletedProcess[str]:
+    argv = [tool, "-i", initiator or grant.initiator_iqn, iscsi_url(lab, grant, secret, user)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+
+
+def qemu_io_argv(lab: Lab, grant: Grant, *commands: str) -> list[str]:
+    opts = (
+        f"driver=iscsi,transport=tcp,portal=127.0.0.1:{lab.iscsi_port},target={grant.target_iqn},"
+        f"lun={grant.lun},user={grant.chap_user},password-secret=chap,initiator-name={grant.initiator_iqn}"
+    )
+    argv = ["qemu-io", "--object", f"secret,id=chap,data={grant.chap_secret}", "--image-opts", opts]
+    for command in commands:
+        argv += ["-c", command]
+    return argv
+
+
+def qemu_io(lab: Lab, grant: Grant, *commands: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(qemu_io_argv(lab, grant, *commands), capture_output=True, text=True, timeout=300,
+                          check=False)
+
+
+def expect_refused(result: LabResult | LabCommandError, code: str) -> None:
+    assert result.rc not in (0, None), result
+    assert f"{code}:" in result.stderr, result.stderr

@@ -1,0 +1,259 @@
+"""The privileged helper against the real kernel LIO target, with real iSCSI clients.
+
+Every test runs once per storage backend: reflink (btrfs) and dm-snapshot (ext4, loop devices).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import selectors
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lab.vm import Lab
+from tests.lab.deployment import (
+    GOLDEN_MIB,
+    Deployment,
+    Grant,
+    clear_lio,
+    expect_refused,
+    iscsi_tool,
+    prepare_accounts,
+    qemu_io,
+    qemu_io_argv,
+)
+
+BACKENDS = {"reflink": "/srv/btrfs/bootbroker", "dm-snapshot": "/srv/ext4/bootbroker"}
+
+
+@pytest.fixture(scope="module", params=sorted(BACKENDS))
+def deployment(request: pytest.FixtureRequest, lab: Lab) -> Iterator[Deployment]:
+    prepare_accounts(lab)
+    clear_lio(lab)
+    d = Deployment(lab, request.param, BACKENDS[request.param])
+    d.install()
+    d.start()
+    d.golden = {image: d.publish_random_golden(image) for image in ("demo", "other")}
+    yield d
+    if d.process is not None:
+        d.stop()
+    clear_lio(lab)
+
+
+def test_right_secret_logs_in_and_reads_capacity(deployment: Deployment) -> None:
+    grant = deployment.ensure_session("alice")
+    assert re.fullmatch(r"[A-Za-z0-9]{16,24}", grant.chap_secret)
+    assert grant.target_iqn == f"iqn.2026-11.{'.'.join(reversed(deployment.domain.split('.')))}:demo.alice"
+    done = iscsi_tool(deployment.lab, "iscsi-readcapacity16", grant)
+    assert done.returncode == 0, done.stderr
+    assert f"Total capacity:{GOLDEN_MIB * 2**20}" in done.stdout.replace(" ", ""), done.stdout
+
+
+def test_wrong_secret_is_refused(deployment: Deployment) -> None:
+    grant = deployment.ensure_session("alice")
+    done = iscsi_tool(deployment.lab, "iscsi-inq", grant, secret="Wrong" + grant.chap_secret[5:])
+    assert done.returncode != 0
+    assert "login" in (done.stderr + done.stdout).lower()
+    assert iscsi_tool(deployment.lab, "iscsi-inq", grant).returncode == 0
+
+
+def test_another_users_credentials_are_refused(deployment: Deployment) -> None:
+    alice = deployment.ensure_session("alice")
+    bob = deployment.ensure_session("bob")
+    # Bob's initiator and secret on Alice's target.
+    done = iscsi_tool(deployment.lab, "iscsi-inq", alice, secret=bob.chap_secret, user=bob.chap_user,
+                      initiator=bob.initiator_iqn)
+    assert done.returncode != 0
+    # Alice's secret with Bob's initiator name: a right secret from the wrong initiator.
+    done = iscsi_tool(deployment.lab, "iscsi-inq", alice, initiator=bob.initiator_iqn)
+    assert done.returncode != 0
+
+
+def test_a_second_login_drops_the_first_session(deployment: Deployment) -> None:
+    lab = deployment.lab
+    first = deployment.ensure_session("carol")
+    client = subprocess.Popen(
+        qemu_io_argv(lab, first), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        assert client.stdin is not None and client.stdout is not None
+        client.stdin.write("read 0 4096\n")
+        client.stdin.flush()
+        assert "read 4096/4096 bytes" in _read_until(client, "ops/sec", 60)
+        assert any(s["logged_in"] for s in deployment.cli_json("sessions") if s["user"] == "carol")
+
+        second = deployment.ensure_session("carol")
+        assert second.initiator_iqn != first.initiator_iqn and second.chap_secret != first.chap_secret
+        acls = deployment.lio(
+            f"import os; print(sorted(os.listdir('/sys/kernel/config/target/iscsi/{first.target_iqn}/tpgt_1/acls')))"
+        )
+        assert first.initiator_iqn not in acls and second.initiator_iqn in acls
+
+        # The connected client is cut off: its next read does not complete.
+        client.stdin.write("read 0 4096\n")
+        client.stdin.flush()
+        assert "read 4096/4096 bytes" not in _read_until(client, "ops/sec", 20)
+    finally:
+        client.kill()
+        client.wait()
+    assert iscsi_tool(lab, "iscsi-inq", first).returncode != 0
+    assert iscsi_tool(lab, "iscsi-inq", second).returncode == 0
+
+
+def _read_until(process: subprocess.Popen[str], marker: str, seconds: float) -> str:
+    """What the process prints until a line containing marker, or until seconds pass."""
+    assert process.stdout is not None
+    seen = ""
+    selector = selectors.DefaultSelector()
+    selector.register(process.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not selector.select(timeout=deadline - time.monotonic()):
+            break
+        line = process.stdout.readline()
+        if not line:
+            break
+        seen += line
+        if marker in line:
+            break
+    return seen
+
+
+def _disk_sha256(deployment: Deployment, grant: Grant, tmp_path: Path) -> str:
+    """Copy the whole disk over iSCSI with qemu-img and hash it."""
+    out = tmp_path / "disk.raw"
+    argv = qemu_io_argv(deployment.lab, grant)
+    secret_object, image_opts = argv[2], argv[4]
+    done = subprocess.run(
+        ["qemu-img", "convert", "--object", secret_object, "--image-opts", image_opts, "-O", "raw", str(out)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return hashlib.sha256(out.read_bytes()).hexdigest()
+
+
+def test_writes_land_in_the_overlay_and_survive_a_new_session(deployment: Deployment, tmp_path: Path) -> None:
+    golden = deployment.golden_sha256("demo")
+    grant = deployment.ensure_session("dave")
+    done = qemu_io(deployment.lab, grant, "write -P 0x5a 0 1M")
+    assert done.returncode == 0 and "wrote 1048576/1048576" in done.stdout, done.stdout + done.stderr
+    assert deployment.golden_sha256("demo") == golden
+
+    deployment.cli("end-session", "dave", "demo")
+    assert iscsi_tool(deployment.lab, "iscsi-inq", grant).returncode != 0
+    again = deployment.ensure_session("dave")
+    done = qemu_io(deployment.lab, again, "read -P 0x5a 0 1M")
+    assert done.returncode == 0 and "read 1048576/1048576" in done.stdout, done.stdout + done.stderr
+    assert _disk_sha256(deployment, again, tmp_path) != golden
+    row = next(s for s in deployment.cli_json("sessions") if s["user"] == "dave")
+    assert row["overlay_bytes"] >= 2**20
+    assert deployment.golden_sha256("demo") == golden
+
+
+def test_reset_gives_back_the_golden_content_and_keeps_the_old_overlay(deployment: Deployment, tmp_path: Path) -> None:
+    grant = deployment.ensure_session("erin")
+    assert qemu_io(deployment.lab, grant, "write -P 0x77 0 64k").returncode == 0
+    result = deployment.cli_json("reset", "erin", "demo")
+    assert result["dropped_session"] is True
+    assert iscsi_tool(deployment.lab, "iscsi-inq", grant).returncode != 0
+
+    backup = f"{deployment.store}/backups/demo/erin/{result['backup']}"
+    listing = deployment.lab.run(["ls", backup]).stdout.split()
+    assert "meta.json" in listing
+    fresh = deployment.ensure_session("erin")
+    assert _disk_sha256(deployment, fresh, tmp_path) == deployment.golden["demo"]
+    expect_refused(deployment.cli("reset", "nobody-here", "demo", check=False), "no_such_overlay")
+
+
+RAW_CLIENT = """
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.sendall(sys.stdin.buffer.read())
+s.shutdown(socket.SHUT_WR)
+print(s.makefile().readline(), end="")
+"""
+
+
+def raw_request(deployment: Deployment, line: bytes | str, user: str | None = None) -> dict:
+    text = line if isinstance(line, str) else line.decode()
+    done = deployment.lab.run([str(deployment.lab.python), "-c", RAW_CLIENT, deployment.socket],
+                              stdin=text + "\n", user=user)
+    return json.loads(done.stdout)
+
+
+BAD_NAMES = ["../etc", "..", "a/b", "/etc/passwd", "a\u0000b", "a\u0001b", "a\nb", "x" * 10_000, "demo\u202e", ""]
+
+
+@pytest.mark.parametrize("field", ["image", "user"])
+def test_bad_identifiers_are_refused_and_change_nothing(deployment: Deployment, field: str) -> None:
+    deployment.ensure_session("frank")
+    before = deployment.snapshot()
+    for bad in BAD_NAMES:
+        args = {"image": "demo", "user": "frank", field: bad}
+        reply = raw_request(deployment, json.dumps({"v": 1, "op": "ensure_session", "args": args}))
+        expected = "bad_request" if len(bad) > 4000 else "bad_identifier"
+        assert reply["ok"] is False and reply["error"]["code"] == expected, (bad[:20], reply)
+    reply = raw_request(deployment, json.dumps({"v": 1, "op": "ensure_session", "args": {"image": "nosuch", "user": "frank"}}))
+    assert reply["error"]["code"] == "unknown_image"
+    expect_refused(deployment.cli("start-session", "frank", "../demo", check=False), "bad_identifier")
+    assert deployment.snapshot() == before
+
+
+def test_malformed_messages_get_error_codes(deployment: Deployment) -> None:
+    before = deployment.snapshot()
+    assert raw_request(deployment, "not json")["error"]["code"] == "bad_request"
+    assert raw_request(deployment, '{"v": 9, "op": "health", "args": {}}')["error"]["code"] == "unsupported_version"
+    assert raw_request(deployment, '{"v": 1, "op": "run_shell", "args": {"cmd": "id"}}')["error"]["code"] == "bad_request"
+    assert raw_request(deployment, '{"v": 1, "op": "ensure_session", "args": {"image": 1, "user": []}}')["error"]["code"] == "bad_identifier"
+    assert deployment.snapshot() == before
+    assert deployment.cli("health").rc == 0
+
+
+def test_peers_get_only_their_operations(deployment: Deployment) -> None:
+    grant = deployment.ensure_session("gina")
+    # The broker's account may start sessions and read health, nothing else.
+    assert deployment.cli("start-session", "gina", "demo", user="brokersvc").rc == 0
+    assert deployment.cli("health", user="brokersvc").rc == 0
+    expect_refused(deployment.cli("reset", "gina", "demo", user="brokersvc", check=False), "not_permitted")
+    expect_refused(deployment.cli("sessions", user="brokersvc", check=False), "not_permitted")
+    # Helpdesk may list and reset, not start sessions or publish.
+    assert any(s["user"] == "gina" for s in deployment.cli_json("sessions", user="deskstaff"))
+    expect_refused(deployment.cli("start-session", "gina", "demo", user="deskstaff", check=False), "not_permitted")
+    expect_refused(deployment.cli("images", "publish", "demo", "/etc/hostname", user="deskstaff", check=False),
+                   "not_permitted")
+    # Anyone else cannot even connect.
+    expect_refused(deployment.cli("health", user="outsider", check=False), "helper_unavailable")
+    mode = deployment.lab.run(["stat", "-c", "%a %U %G", deployment.socket]).stdout.split()
+    assert mode == ["660", "root", "bootbroker"]
+    del grant
+
+
+def test_the_state_file_is_root_only_and_secrets_stay_out_of_the_log(deployment: Deployment) -> None:
+    grant = deployment.ensure_session("hank")
+    state = f"{deployment.store}/state.json"
+    assert deployment.lab.run(["stat", "-c", "%a %U", state]).stdout.split() == ["600", "root"]
+    assert grant.chap_secret in deployment.lab.run(["cat", state]).stdout
+    assert grant.chap_secret not in deployment.log()
+
+
+def test_sessions_come_back_after_a_helper_restart_and_after_lio_is_lost(deployment: Deployment) -> None:
+    grant = deployment.ensure_session("ivy")
+    deployment.stop()
+    deployment.start()
+    assert iscsi_tool(deployment.lab, "iscsi-inq", grant).returncode == 0
+    # A server reboot empties the kernel's LIO; the state file brings the live sessions back.
+    deployment.stop()
+    clear_lio(deployment.lab)
+    if deployment.backend == "dm-snapshot":
+        deployment.lab.run(["dmsetup", "remove_all"])
+        deployment.lab.run(["losetup", "-D"])
+    deployment.start()
+    assert iscsi_tool(deployment.lab, "iscsi-inq", grant).returncode == 0
+    assert any(s["user"] == "ivy" for s in deployment.cli_json("sessions"))
