@@ -1,0 +1,117 @@
+"""The socket server's permission table and wire behaviour, with a stand-in for the operations.
+
+The real operations are proven against real LIO in tests/lab; here only who-may-call-what and the
+protocol edge are checked, over a real Unix socket.
+"""
+
+import asyncio
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from broker.config import HelperConfig
+from broker.errors import HelperUnavailable, NoSuchSession
+from broker.helper_client import HelperClient
+from broker.helper_server import PERMISSIONS, Groups, HelperServer, Peer, Role
+from broker.protocol import MAX_MESSAGE_BYTES, OPERATIONS, encode_request
+
+
+class Operations:
+    """Records calls; answers like the real helper would."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def ensure_session(self, image: str, user: str) -> dict[str, Any]:
+        self.calls.append(("ensure_session", {"image": image, "user": user}))
+        return {"target_iqn": "iqn.x:y"}
+
+    def end_session(self, image: str, user: str) -> dict[str, Any]:
+        raise NoSuchSession(f"{user} has no live session on {image}")
+
+    def reset(self, image: str, user: str) -> dict[str, Any]:
+        self.calls.append(("reset", {}))
+        return {}
+
+    def sessions(self) -> list[Any]:
+        return []
+
+    def health(self) -> dict[str, Any]:
+        return {"ok": True}
+
+    def publish(self, image: str, source: str) -> dict[str, Any]:
+        self.calls.append(("publish", {}))
+        return {}
+
+
+def test_every_operation_has_a_permission() -> None:
+    assert set(PERMISSIONS) == set(OPERATIONS)
+    assert all(Role.ROOT in roles for roles in PERMISSIONS.values())
+
+
+@pytest.mark.parametrize(
+    "roles, op, allowed",
+    [
+        (Role.BROKER, "ensure_session", True),
+        (Role.BROKER, "reset", False),
+        (Role.BROKER, "sessions", False),
+        (Role.BROKER, "publish", False),
+        (Role.HELPDESK, "reset", True),
+        (Role.HELPDESK, "sessions", True),
+        (Role.HELPDESK, "ensure_session", False),
+        (Role.HELPDESK, "publish", False),
+        (Role.NONE, "health", False),
+        (Role.ROOT, "publish", True),
+    ],
+)
+def test_permissions(roles: Role, op: str, allowed: bool) -> None:
+    operations = Operations()
+    server = HelperServer(operations, HelperConfig(Path("/x"), "b", "h"), Groups(1, 2))  # type: ignore[arg-type]
+    values = {"image": "demo", "user": "alice", "source": "/x"}
+    args = {name: values[name] for name in OPERATIONS[op]}
+    reply = json.loads(asyncio.run(server.answer(Peer(1, 1000, 1000, roles), encode_request(op, args))))
+    if allowed:
+        assert reply["ok"] is True
+    else:
+        assert reply["error"]["code"] == "not_permitted"
+        assert operations.calls == []
+
+
+@pytest.fixture
+def socket_path(tmp_path: Path) -> Path:
+    return tmp_path / "run" / "helper.sock"
+
+
+async def _serve(socket_path: Path, operations: Operations) -> asyncio.AbstractServer:
+    config = HelperConfig(socket_path, "root", "root")
+    return await HelperServer(operations, config, Groups(os.getgid(), os.getgid())).serve()  # type: ignore[arg-type]
+
+
+async def test_client_and_server_over_a_real_socket(socket_path: Path) -> None:
+    operations = Operations()
+    server = await _serve(socket_path, operations)
+    async with server:
+        client = HelperClient(socket_path)
+        assert await client.call("ensure_session", image="demo", user="alice") == {"target_iqn": "iqn.x:y"}
+        with pytest.raises(NoSuchSession, match="alice has no live session"):
+            await client.call("end_session", image="demo", user="alice")
+        assert (socket_path.stat().st_mode & 0o777) == 0o660
+
+
+async def test_an_oversized_request_is_refused(socket_path: Path) -> None:
+    server = await _serve(socket_path, Operations())
+    async with server:
+        reader, writer = await asyncio.open_unix_connection(socket_path)
+        writer.write(b"x" * (MAX_MESSAGE_BYTES * 4) + b"\n")
+        reply = json.loads(await reader.readline())
+        assert reply["error"]["code"] == "bad_request"
+        assert await reader.readline() == b""  # and the connection is closed
+        writer.close()
+
+
+async def test_a_missing_helper_is_reported_clearly(socket_path: Path) -> None:
+    with pytest.raises(HelperUnavailable, match="is `bootbroker helper` running"):
+        await HelperClient(socket_path).call("health")
