@@ -7,7 +7,6 @@ non-zero status; nothing is swallowed.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
@@ -49,6 +48,8 @@ def cmd_helper(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     config = _config(args)
     helper = Helper(config, make_backend(config.store), Lio(config.iscsi.portals))
+    import asyncio
+
     try:
         asyncio.run(run_helper(helper, config.helper))
     except KeyboardInterrupt:
@@ -68,19 +69,19 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_start_session(args: argparse.Namespace) -> int:
-    grant = _client(args).call_sync("ensure_session", image=args.image, user=args.user)
+    grant = _client(args).call("ensure_session", image=args.image, user=args.user)
     _print(args, grant, lambda g: "\n".join(f"{k:14} {v}" for k, v in g.items()))
     return EXIT_OK
 
 
 def cmd_end_session(args: argparse.Namespace) -> int:
-    _client(args).call_sync("end_session", image=args.image, user=args.user)
+    _client(args).call("end_session", image=args.image, user=args.user)
     print(f"ended the session of {args.user} on {args.image}")
     return EXIT_OK
 
 
 def cmd_reset(args: argparse.Namespace) -> int:
-    result = _client(args).call_sync("reset", image=args.image, user=args.user)
+    result = _client(args).call("reset", image=args.image, user=args.user)
     _print(args, result, lambda r: (
         f"reset {args.user} on {args.image}: "
         + ("live session dropped; " if r["dropped_session"] else "")
@@ -103,18 +104,18 @@ def _sessions_table(rows: list[dict[str, Any]]) -> str:
 
 
 def cmd_sessions(args: argparse.Namespace) -> int:
-    _print(args, _client(args).call_sync("sessions"), _sessions_table)
+    _print(args, _client(args).call("sessions"), _sessions_table)
     return EXIT_OK
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    _print(args, _client(args).call_sync("health"), lambda h: "\n".join(f"{k:18} {v}" for k, v in h.items()))
+    _print(args, _client(args).call("health"), lambda h: "\n".join(f"{k:18} {v}" for k, v in h.items()))
     return EXIT_OK
 
 
 def cmd_images_publish(args: argparse.Namespace) -> int:
     source = os.path.abspath(args.file)
-    result = _client(args).call_sync("publish", image=args.image, source=source)
+    result = _client(args).call("publish", image=args.image, source=source)
     print(f"published {result['image']} version {result['version']} from {source}")
     return EXIT_OK
 

@@ -1,9 +1,13 @@
-"""The client side of the helper protocol, for the broker and the CLI."""
+"""The client side of the helper protocol.
+
+Deliberately synchronous and light: the CLI imports it on every run (without asyncio, which costs
+seconds to import on a slow machine), and the broker calls it from a worker thread.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -16,26 +20,27 @@ class HelperClient:
         self.socket_path = socket_path
         self.timeout = timeout
 
-    async def call(self, op: str, **args: Any) -> Any:
+    def call(self, op: str, **args: Any) -> Any:
         """Send one request; return its result or raise the error the helper reported."""
-        try:
-            reader, writer = await asyncio.open_unix_connection(self.socket_path, limit=MAX_REPLY_BYTES)
-        except FileNotFoundError:
-            raise HelperUnavailable(f"no helper socket at {self.socket_path}; is `bootbroker helper` running?") from None
-        except PermissionError:
-            raise HelperUnavailable(f"no permission to use {self.socket_path}; join the broker or helpdesk group") from None
-        except ConnectionRefusedError:
-            raise HelperUnavailable(f"the helper at {self.socket_path} is not accepting connections") from None
-        try:
-            writer.write(encode_request(op, args))
-            await writer.drain()
-            line = await asyncio.wait_for(reader.readline(), self.timeout)
-        except TimeoutError:
-            raise HelperUnavailable(f"the helper did not answer {op} within {self.timeout:.0f} s") from None
-        except ConnectionError as e:
-            raise HelperUnavailable(f"the helper closed the connection: {e}") from None
-        finally:
-            writer.close()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(self.timeout)
+            try:
+                conn.connect(str(self.socket_path))
+            except FileNotFoundError:
+                raise HelperUnavailable(f"no helper socket at {self.socket_path}; is `bootbroker helper` running?") from None
+            except PermissionError:
+                raise HelperUnavailable(
+                    f"no permission to use {self.socket_path}; join the broker or helpdesk group"
+                ) from None
+            except ConnectionRefusedError:
+                raise HelperUnavailable(f"the helper at {self.socket_path} is not accepting connections") from None
+            try:
+                conn.sendall(encode_request(op, args))
+                line = conn.makefile("rb").readline(MAX_REPLY_BYTES)
+            except TimeoutError:
+                raise HelperUnavailable(f"the helper did not answer {op} within {self.timeout:.0f} s") from None
+            except ConnectionError as e:
+                raise HelperUnavailable(f"the helper closed the connection: {e}") from None
         if not line:
             raise HelperUnavailable("the helper closed the connection without answering")
         try:
@@ -46,6 +51,3 @@ class HelperClient:
             return reply.get("result")
         error = reply.get("error") or {}
         raise error_from_code(str(error.get("code")), str(error.get("message")))
-
-    def call_sync(self, op: str, **args: Any) -> Any:
-        return asyncio.run(self.call(op, **args))

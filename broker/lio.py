@@ -106,8 +106,9 @@ class Lio:
             target = _lookup_or_create(
                 lambda: Target(self._iscsi(), iqn, "lookup"), lambda: Target(self._iscsi(), iqn, "create"), created
             )
+            before = len(created)
             tpg = _lookup_or_create(lambda: TPG(target, TPG_TAG, "lookup"), lambda: TPG(target, TPG_TAG, "create"), created)
-            if tpg in created:
+            if len(created) > before:  # a new TPG (rtslib objects' == cannot compare across types)
                 tpg.set_attribute("authentication", "1")
                 tpg.set_attribute("generate_node_acls", "0")
                 tpg.set_attribute("demo_mode_write_protect", "1")
