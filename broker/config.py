@@ -45,8 +45,8 @@ class StoreConfig:
     cow_percent: int
 
     @property
-    def state_file(self) -> Path:
-        return self.path / "state.json"
+    def sessions_dir(self) -> Path:
+        return self.path / "sessions"
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The helper's operations: every root-only change, on validated identifiers, under one lock.
 
 `Helper` is the use-case layer of the privileged daemon: it derives every path and name itself, keeps the
-three sources of truth in step (overlays on disk, targets in LIO, live sessions in the state file), and
+three sources of truth in step (overlays on disk, targets in LIO, live sessions in the session records), and
 repairs half-done work at start (`reconcile`). The socket server in `helper_server` decides who may call
 what; this module trusts its caller and checks only the arguments.
 """
@@ -45,7 +45,7 @@ class Helper:
         self.store = Store(config.store.path)
         self.backend = backend
         self.lio = lio
-        self.book = SessionBook(config.store.state_file)
+        self.book = SessionBook(config.store.sessions_dir)
         self._lock = threading.Lock()
 
     # start-up
@@ -63,7 +63,7 @@ class Helper:
             self._reconcile()
 
     def _reconcile(self) -> None:
-        """Make LIO and the state file agree with the overlays on disk, repairing half-done work."""
+        """Make LIO and the session records agree with the overlays on disk, repairing half-done work."""
         for leftover in self.store.tmp.glob("overlay-*"):
             log.warning("reconcile: removing half-made overlay %s", leftover.name)
             shutil.rmtree(leftover, ignore_errors=True)
@@ -130,7 +130,7 @@ class Helper:
     def ensure_session(self, image: object, user: object) -> dict[str, Any]:
         """Start a boot session: overlay and target if missing, the previous session's ACL replaced by a
         new one with a fresh initiator name and CHAP secret. Touches: the overlay, its LIO target, the
-        state file. Idempotent in effect; each call rotates the credentials."""
+        session record. Idempotent in effect; each call rotates the credentials."""
         names = self._names(image, user)
         with self._lock:
             meta = self._ensure_overlay(names)
@@ -163,7 +163,7 @@ class Helper:
 
     def end_session(self, image: object, user: object) -> dict[str, Any]:
         """End a live boot session: delete its NodeACL (the kernel drops the connection) and forget it.
-        Touches: one NodeACL, the state file. The overlay and target stay. Raises NoSuchSession."""
+        Touches: one NodeACL, its session record. The overlay and target stay. Raises NoSuchSession."""
         names = self._names(image, user)
         with self._lock:
             session = self.book.get(names.image, names.user)
@@ -226,7 +226,7 @@ class Helper:
         return {
             "backend": self.backend.kind.value,
             "store_free_bytes": self.store.free_bytes(),
-            "sessions": len(self.book.all()),
+            "sessions": len(self.book),
         }
 
 

@@ -1,13 +1,16 @@
-"""The helper's record of live boot sessions: one JSON file, root-only (0600), replaced atomically.
+"""The helper's record of live boot sessions: one small JSON file per session, root-only (0600), each
+replaced atomically, in a 0700 directory.
 
 It is what lets a restarted helper, or a rebooted server, put back the NodeACLs of sessions that were
 live, so workstations reconnect with the credentials they were given. It holds CHAP secrets: it is the
-only file that may.
+only place that may. One file per session keeps a login's write the same size with 10 sessions or
+5,000 (a single file would be rewritten whole on every login).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,33 +32,39 @@ class BootSession:
 
 
 class SessionBook:
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
         self._sessions: dict[tuple[str, str], BootSession] = {}
 
-    def load(self) -> None:
-        try:
-            data = json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return
-        if data.get("format") != FORMAT:
-            raise ValueError(f"{self.path}: unknown state format {data.get('format')!r}")
-        self._sessions = {(s["image"], s["user"]): BootSession(**s) for s in data["sessions"]}
+    def _file(self, image: str, label: str) -> Path:
+        return self.directory / f"{image}.{label}.json"
 
-    def _save(self) -> None:
-        data = {"format": FORMAT, "sessions": [asdict(s) for s in self._sessions.values()]}
-        write_atomically(self.path, json.dumps(data, indent=1).encode(), 0o600)
+    def load(self) -> None:
+        self.directory.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(self.directory, 0o700)
+        self._sessions = {}
+        for path in self.directory.glob("*.json"):
+            data = json.loads(path.read_text())
+            if data.pop("format", None) != FORMAT:
+                raise ValueError(f"{path}: unknown session record format")
+            session = BootSession(**data)
+            self._sessions[(session.image, session.user)] = session
 
     def get(self, image: str, user: str) -> BootSession | None:
         return self._sessions.get((image, user))
 
     def put(self, session: BootSession) -> None:
+        data = {"format": FORMAT, **asdict(session)}
+        write_atomically(self._file(session.image, session.label), json.dumps(data).encode(), 0o600)
         self._sessions[(session.image, session.user)] = session
-        self._save()
 
     def remove(self, image: str, user: str) -> None:
-        if self._sessions.pop((image, user), None) is not None:
-            self._save()
+        session = self._sessions.pop((image, user), None)
+        if session is not None:
+            self._file(image, session.label).unlink(missing_ok=True)
 
     def all(self) -> list[BootSession]:
         return sorted(self._sessions.values(), key=lambda s: (s.image, s.user))
+
+    def __len__(self) -> int:
+        return len(self._sessions)

@@ -235,11 +235,13 @@ def test_peers_get_only_their_operations(deployment: Deployment) -> None:
     del grant
 
 
-def test_the_state_file_is_root_only_and_secrets_stay_out_of_the_log(deployment: Deployment) -> None:
+def test_session_records_are_root_only_and_secrets_stay_out_of_the_log(deployment: Deployment) -> None:
     grant = deployment.ensure_session("hank")
-    state = f"{deployment.store}/state.json"
-    assert deployment.lab.run(["stat", "-c", "%a %U", state]).stdout.split() == ["600", "root"]
-    assert grant.chap_secret in deployment.lab.run(["cat", state]).stdout
+    sessions = f"{deployment.store}/sessions"
+    record = f"{sessions}/demo.hank.json"
+    assert deployment.lab.run(["stat", "-c", "%a %U", sessions]).stdout.split() == ["700", "root"]
+    assert deployment.lab.run(["stat", "-c", "%a %U", record]).stdout.split() == ["600", "root"]
+    assert grant.chap_secret in deployment.lab.run(["cat", record]).stdout
     assert grant.chap_secret not in deployment.log()
 
 
