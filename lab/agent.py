@@ -21,6 +21,7 @@ import socketserver
 import subprocess
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +31,12 @@ REPO = Path(__file__).resolve().parents[1]
 Request = dict[str, Any]
 
 
+@dataclass(frozen=True)
 class Spawned:
     """A background process and the file that collects its output."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], log: Path) -> None:
-        self.proc = proc
-        self.log = log
+    proc: subprocess.Popen[bytes]
+    log: Path
 
 
 _spawned: dict[int, Spawned] = {}
@@ -126,7 +127,9 @@ def op_wait(request: Request) -> dict[str, Any]:
     return {"rc": rc, "output": _text(spawned.log.read_bytes())}
 
 
-OPERATIONS = {"ping": op_ping, "run": op_run, "spawn": op_spawn, "signal": op_signal, "wait": op_wait}
+OPERATIONS = {
+    "ping": op_ping, "run": op_run, "spawn": op_spawn, "signal": op_signal, "wait": op_wait,
+}
 
 
 def answer(line: bytes, token: str) -> dict[str, Any]:

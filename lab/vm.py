@@ -11,7 +11,7 @@ import json
 import os
 import secrets
 import shutil
-import signal as signals
+import signal
 import socket
 import subprocess
 import tempfile
@@ -21,7 +21,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from lab.build import Build, cache_dir, ensure_build, log
+from lab.build import Build, ensure_build, log
+from lab.build import cache_dir as default_cache_dir
 
 REPO = Path(__file__).resolve().parents[1]
 GUEST_IP = "10.0.2.15"
@@ -79,9 +80,9 @@ class Lab:
         work_dir: Path | None = None,
         memory_mb: int = 2048,
         cpus: int = 2,
-        boot_timeout: float = 180.0,
+        boot_timeout: float = 300.0,
     ) -> None:
-        self._cache = cache_dir
+        self.cache_dir = cache_dir or default_cache_dir()
         self._work_dir = work_dir
         self._own_work_dir = work_dir is None
         self.memory_mb = memory_mb
@@ -137,13 +138,14 @@ class Lab:
         """Build if needed, make fresh disks, boot, and wait until the agent answers."""
         if self._qemu is not None:
             raise LabError("the lab is already running")
-        build = ensure_build(self._cache or cache_dir())
+        build = ensure_build(self.cache_dir)
         self._check_paths(build)
         if self._work_dir is None:
-            runs = (self._cache or cache_dir()) / "runs"
+            # Next to the cache: the host's /tmp may be a small tmpfs, and the disks grow.
+            runs = self.cache_dir / "runs"
             runs.mkdir(exist_ok=True)
-            # Not under /tmp: the guest mounts its own tmpfs there.
-            self._work_dir = Path(tempfile.mkdtemp(prefix="lab-", dir=runs))
+            _remove_stale_runs(runs)
+            self._work_dir = Path(tempfile.mkdtemp(prefix=f"lab-{os.getpid()}-", dir=runs))
         self.work_dir.mkdir(parents=True, exist_ok=True)
         try:
             self._boot(build)
@@ -202,16 +204,19 @@ class Lab:
             f"lab.modules={build.modules} lab.disks={disks}"
         )
         argv = [
-            "qemu-system-x86_64", "-accel", "tcg", "-machine", "pc", "-cpu", "max",
+            # No AVX: glibc would pick AVX2 string functions, which TCG emulates slowly
+            # (Python starts 2x faster without).
+            "qemu-system-x86_64", "-accel", "tcg", "-machine", "pc", "-cpu", "max,-avx,-avx2",
             "-smp", str(self.cpus), "-m", str(self.memory_mb),
             "-nodefaults", "-display", "none", "-no-reboot",
             "-serial", f"file:{self.console_log}",
             "-kernel", str(build.kernel), "-initrd", str(build.initrd), "-append", cmdline,
-            "-netdev", f"user,id=n0,restrict=off,{forwards}",
+            "-netdev", f"user,id=n0,restrict=on,{forwards}",
             # romfile=: no PXE option ROM, we boot the kernel directly.
             "-device", "virtio-net-pci,netdev=n0,romfile=",
             # multidevs=remap: the host's / spans several filesystems; keep inode numbers unique.
-            "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+            "-virtfs",
+            "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
         ]
         for _, fs, _ in DISKS:
             # cache=unsafe: the disks are thrown away after each boot.
@@ -226,27 +231,33 @@ class Lab:
             try:
                 self._call("ping", wait=5)
                 return
-            except (OSError, LabError):
-                pass
+            except OSError:
+                pass  # not listening yet: qemu accepts for the guest, then drops the connection
             now = time.monotonic()
             if now > deadline:
-                raise LabError(f"the lab agent did not answer in {self.boot_timeout:.0f} s\n{self._tail()}")
+                raise LabError(
+                    f"the lab agent did not answer in {self.boot_timeout:.0f} s\n"
+                    f"console.log:\n{self._tail()}"
+                )
             if now > next_report:
-                log(f"still booting ({now - began:.0f} s): {self._tail(1).strip()}")
+                log(f"still booting ({now - began:.0f} s): {self._tail(1).strip()[:100]}")
                 next_report = now + 10
             time.sleep(0.5)
 
     def _check_qemu_alive(self) -> None:
         if self._qemu is not None and self._qemu.poll() is not None:
             qemu_log = (self.work_dir / "qemu.log").read_text(errors="replace")
-            raise LabError(f"qemu exited with {self._qemu.returncode}\n{qemu_log}\n{self._tail()}")
+            raise LabError(
+                f"qemu exited with {self._qemu.returncode}\n{qemu_log}\n"
+                f"console.log:\n{self._tail()}"
+            )
 
     def _tail(self, lines: int = 40) -> str:
         try:
             text = self.console_log.read_text(errors="replace")
         except FileNotFoundError:
-            return "(no console output)"
-        return "console.log:\n" + "\n".join(text.splitlines()[-lines:])
+            return "(no console output yet)"
+        return "\n".join(text.splitlines()[-lines:])
 
     def stop(self) -> None:
         """Power off (qemu is killed: the VM holds nothing worth a clean shutdown); idempotent."""
@@ -330,7 +341,16 @@ def _free_port() -> int:
         return port
 
 
+def _remove_stale_runs(runs: Path) -> None:
+    """Work dirs of labs whose process was killed before stop(): their disks would pile up."""
+    for run in runs.glob("lab-*-*"):
+        pid = run.name.split("-")[1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            log(f"removing stale {run}")
+            shutil.rmtree(run, ignore_errors=True)
+
+
 def _die_with_parent() -> None:
     """In the qemu child: get SIGKILL if our process dies without calling stop()."""
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signals.SIGKILL)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
