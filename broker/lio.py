@@ -26,6 +26,7 @@ from rtslib_fb import (
     NodeACL,
     Target,
 )
+from rtslib_fb.node import CFSNode
 from rtslib_fb.utils import RTSLibError, RTSLibNotInCFSError
 
 from .config import Portal
@@ -178,9 +179,14 @@ class Lio:
             except RTSLibNotInCFSError:
                 pass
             try:
-                self._storage_object(so_name, backstore).delete()
+                so = self._storage_object(so_name, backstore)
             except RTSLibNotInCFSError:
-                pass
+                return
+            # StorageObject.delete() first scans every target's LUNs for links to the object, a
+            # whole-tree walk that made a reset cost 11x more at 400 targets than at 10. The only LUN
+            # that used it went with the target above, so remove the object and its HBA directly.
+            CFSNode.delete(so)
+            so._backstore.delete()
         except (RTSLibError, OSError) as e:
             raise BackendFailure(f"LIO refused to delete target {iqn}: {e}") from None
 
