@@ -60,7 +60,7 @@ class Store:
     def prepare(self) -> None:
         """Create the layout (idempotent); the store root must exist already."""
         if not self.root.is_dir():
-            raise FileNotFoundError(f"store path {self.root} does not exist; create it on btrfs or XFS (reflink)")
+            raise FileNotFoundError(f"store path {self.root} does not exist; create it (btrfs or XFS for the reflink backend)")
         for d in (self.images, self.overlays, self.backups, self.tmp):
             d.mkdir(mode=0o700, exist_ok=True)
 

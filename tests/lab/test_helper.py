@@ -217,7 +217,7 @@ def test_malformed_messages_get_error_codes(deployment: Deployment) -> None:
 
 
 def test_peers_get_only_their_operations(deployment: Deployment) -> None:
-    grant = deployment.ensure_session("gina")
+    deployment.ensure_session("gina")
     # The broker's account may start sessions and read health, nothing else.
     assert deployment.cli("start-session", "gina", "demo", user="brokersvc").rc == 0
     assert deployment.cli("health", user="brokersvc").rc == 0
@@ -232,7 +232,6 @@ def test_peers_get_only_their_operations(deployment: Deployment) -> None:
     expect_refused(deployment.cli("health", user="outsider", check=False), "helper_unavailable")
     mode = deployment.lab.run(["stat", "-c", "%a %U %G", deployment.socket]).stdout.split()
     assert mode == ["660", "root", "bootbroker"]
-    del grant
 
 
 def test_session_records_are_root_only_and_secrets_stay_out_of_the_log(deployment: Deployment) -> None:
