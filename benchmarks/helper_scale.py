@@ -47,7 +47,7 @@ def main(argv: list[str]) -> int:
         "store": {"path": str(store), "backend": args.backend},
         "iscsi": {"domain": "bench.lab.example.org", "date": "2026-11", "portals": ["0.0.0.0:3260"],
                   "advertise": ["10.0.2.15:3260"]},
-        "images": {"bench": {}},
+        "images": {"bench": {"users": ["*"]}},
     }, "benchmark")
     helper = Helper(config, make_backend(config.store), Lio(config.iscsi.portals))
     helper.start()

@@ -57,6 +57,18 @@ def cmd_helper(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = _config(args)
+    if config.broker is None:
+        raise ConfigError(config.source, ["[broker]: missing; `serve` needs at least url = \"https://HOST\" (see README)"])
+    import asyncio
+
+    from .serve import run
+
+    asyncio.run(run(config, config.broker))
+    return EXIT_OK
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _config(args)
     print(f"{config.source}: ok")
@@ -64,7 +76,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"  socket     {config.helper.socket}")
     print(f"  targets    {config.iscsi.iqn.prefix}:<image>.<user>")
     print(f"  portals    {', '.join(map(str, config.iscsi.portals))} (advertised: {', '.join(map(str, config.iscsi.advertise))})")
-    print(f"  images     {', '.join(sorted(config.images))}")
+    if config.broker is not None:
+        b = config.broker
+        listen = ", ".join(f"{x.host}:{x.port}" for x in b.listen)
+        print(f"  broker     {b.url} on {listen}{' (INSECURE plain HTTP)' if b.insecure_http else ''}, PAM service {b.pam_service!r}")
+    else:
+        print("  broker     no [broker] section: `serve` cannot run with this file")
+    for image in config.images.values():
+        who = sorted(image.users) + [f"@{g}" for g in sorted(image.groups)]
+        print(f"  image      {image.name}: {image.description} ({image.boot.value}; {', '.join(who)})")
     return EXIT_OK
 
 
@@ -141,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     add("helper", cmd_helper, "run the privileged helper daemon (root): overlays, LIO targets, sessions")
+    add("serve", cmd_serve, "run the HTTPS broker that iPXE talks to (unprivileged; generates its certificate on first start)")
     add("check-config", cmd_check_config, "validate the configuration file and summarise it")
     for name, handler, text in (
         ("start-session", cmd_start_session, "start a boot session by hand and print its CHAP credentials (root or broker)"),

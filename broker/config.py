@@ -7,14 +7,16 @@ admin fixes the file in one pass.
 from __future__ import annotations
 
 import ipaddress
+import re
 import tomllib
+import urllib.parse
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .errors import ConfigError
-from .identifiers import DOMAIN, IMAGE_NAME, IQN_DATE, IqnScheme
+from .identifiers import DOMAIN, IMAGE_NAME, IQN_DATE, USER_NAME, IqnScheme, script_safe
 
 DEFAULT_PATH = Path("/etc/bootbroker/bootbroker.toml")
 
@@ -63,10 +65,63 @@ class IscsiConfig:
     advertise: tuple[Portal, ...]  # what boot scripts tell clients to connect to
 
 
+class BootMethod(StrEnum):
+    SANBOOT = "sanboot"  # iPXE boots the disk itself (any OS that reads the iBFT)
+    NETROOT = "netroot"  # iPXE loads a kernel and initrd that mount the disk (dracut's netroot=iscsi:...)
+
+
+EVERYONE = "*"
+
+
 @dataclass(frozen=True)
 class ImageConfig:
     name: str
     description: str
+    users: frozenset[str]  # who may boot it, by name; "*" is everyone who can log in
+    groups: frozenset[str]  # ... or by group membership (resolved through NSS)
+    boot: BootMethod
+    kernel: str  # netroot only: URLs iPXE fetches, and extra kernel arguments
+    initrd: str
+    cmdline: str
+
+
+@dataclass(frozen=True)
+class Listen:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class LoginLimits:
+    """Failed-login rate limiting: after `user_failures` failures of one user name, or `address_failures`
+    from one client address, within `window` seconds, further attempts are refused without asking PAM.
+    Every failed attempt is answered no sooner than `failure_delay` seconds after it arrived (a tarpit
+    that also makes an unknown user and a wrong password take the same time)."""
+
+    user_failures: int
+    address_failures: int
+    window: float
+    failure_delay: float
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    url: str  # how workstations reach the broker, e.g. https://boot.example.org
+    listen: tuple[Listen, ...]
+    names: tuple[str, ...]  # the certificate's names: the URL's host first, then the extra names
+    certificate: Path
+    key: Path
+    pam_service: str
+    pam_concurrency: int
+    token_ttl: int  # seconds a menu's boot links stay valid
+    menu_timeout: int  # seconds before the entry menu boots the local disk
+    insecure_http: bool
+    limits: LoginLimits
+
+    @property
+    def host(self) -> str:
+        """The URL's host[:port], as iPXE scripts write it after `user:password@`."""
+        return self.url.split("://", 1)[1]
 
 
 @dataclass(frozen=True)
@@ -75,6 +130,7 @@ class Config:
     store: StoreConfig
     helper: HelperConfig
     iscsi: IscsiConfig
+    broker: BrokerConfig | None  # None when the file has no [broker]: enough for the helper
     images: dict[str, ImageConfig]
 
 
@@ -139,9 +195,158 @@ def _portals(reader: _Reader, key: str, items: list[Any] | None, allow_wildcard:
     return tuple(portals)
 
 
+_URL_CHARACTERS = re.compile(r"[A-Za-z0-9._~:/?#\[\]@!&()*+,;=%-]*")
+HOST_NAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+
+
+def _names_list(r: _Reader, section: str, table: dict[str, Any], key: str, pattern: re.Pattern[str]) -> frozenset[str]:
+    items = r.value(section, table, key, list, [])
+    good = set()
+    for item in items:
+        if isinstance(item, str) and (item == EVERYONE and key == "users" or pattern.fullmatch(item)):
+            good.add(item)
+        else:
+            r.problems.append(f"[{section}] {key}: {item!r} is not a valid name")
+    return frozenset(good)
+
+
+def _image(r: _Reader, name: str, table: dict[str, Any]) -> ImageConfig:
+    section = f"images.{name}"
+    r.unknown_keys(section, table, {"description", "users", "groups", "boot", "kernel", "initrd", "cmdline"})
+    description = r.value(section, table, "description", str, name)
+    if not description.isprintable() or len(description) > 80 or not script_safe(description):
+        r.problems.append(f"[{section}] description: up to 80 printable characters, without $ {{ }} \\ quotes || &&")
+        description = name
+    users = _names_list(r, section, table, "users", USER_NAME)
+    groups = _names_list(r, section, table, "groups", USER_NAME)
+    if not users and not groups:
+        r.problems.append(
+            f"[{section}]: say who may boot it: users = [\"alice\"] and/or groups = [\"students\"] "
+            f"(users = [\"*\"] for everyone who can log in)"
+        )
+    boot_text = r.value(section, table, "boot", str, BootMethod.SANBOOT.value)
+    try:
+        boot = BootMethod(boot_text)
+    except ValueError:
+        r.problems.append(f"[{section}] boot: must be one of {', '.join(repr(b.value) for b in BootMethod)}, got {boot_text!r}")
+        boot = BootMethod.SANBOOT
+    kernel = r.value(section, table, "kernel", str, "")
+    initrd = r.value(section, table, "initrd", str, "")
+    cmdline = r.value(section, table, "cmdline", str, "")
+    if boot is BootMethod.NETROOT:
+        for key, url in (("kernel", kernel), ("initrd", initrd)):
+            if not url:
+                r.problems.append(f"[{section}] {key}: required with boot = \"netroot\" (a URL iPXE can fetch)")
+            elif not (url.startswith(("http://", "https://", "tftp://")) and _URL_CHARACTERS.fullmatch(url) and script_safe(url)):
+                r.problems.append(f"[{section}] {key}: {url!r} is not an http(s):// or tftp:// URL")
+        if not cmdline.isprintable() or not script_safe(cmdline) or len(cmdline) > 512:
+            r.problems.append(f"[{section}] cmdline: {cmdline!r} has characters a boot script cannot carry")
+    elif kernel or initrd or cmdline:
+        r.problems.append(f"[{section}]: kernel, initrd and cmdline only apply with boot = \"netroot\"")
+    return ImageConfig(name, description, users, groups, boot, kernel, initrd, cmdline)
+
+
+def _positive(r: _Reader, section: str, table: dict[str, Any], key: str, default: float, integer: bool = True) -> Any:
+    value = table.get(key, default)
+    wrong_type = isinstance(value, bool) or not isinstance(value, int if integer else (int, float))
+    if wrong_type or value <= 0:
+        r.problems.append(f"[{section}] {key}: must be a positive {'integer' if integer else 'number'}, got {value!r}")
+        return default
+    return value
+
+
+def _url(r: _Reader, text: str | None, insecure_http: bool) -> tuple[str, str]:
+    """The broker's base URL, checked; and its host without the port."""
+    if text is None:
+        return "https://invalid.invalid", "invalid.invalid"
+    parts = urllib.parse.urlsplit(text)
+    problem = None
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        problem = "must be https://HOST[:PORT]"
+    elif parts.scheme == "http" and not insecure_http:
+        problem = "must be https:// (credentials travel in it); plain http:// needs insecure_http = true, for a lab only"
+    elif parts.username is not None or parts.query or parts.fragment or parts.path not in ("", "/") or text.endswith("/"):
+        problem = "must be just SCHEME://HOST[:PORT], without a path, user, query or trailing slash"
+    elif not (_URL_CHARACTERS.fullmatch(text) and script_safe(text)):
+        problem = "has characters that cannot go into an iPXE script"
+    else:
+        try:
+            parts.port
+        except ValueError:
+            problem = "has an invalid port"
+    if problem:
+        r.problems.append(f"[broker] url: {text!r} {problem}")
+        return "https://invalid.invalid", "invalid.invalid"
+    return text, parts.hostname or ""
+
+
+def _broker(r: _Reader, table: dict[str, Any]) -> BrokerConfig:
+    r.unknown_keys("broker", table, {
+        "url", "listen", "names", "certificate", "key", "pam_service", "pam_concurrency", "token_ttl",
+        "menu_timeout", "insecure_http", "limits",
+    })
+    insecure_http = r.value("broker", table, "insecure_http", bool, False)
+    url, host = _url(r, r.value("broker", table, "url", str), insecure_http)
+    listen = []
+    for item in r.value("broker", table, "listen", list, ["0.0.0.0:443"]):
+        address, sep, port_text = str(item).rpartition(":")
+        try:
+            ipaddress.ip_address(address.strip("[]"))
+            port = int(port_text)
+            if not sep or not 0 < port < 65536:
+                raise ValueError
+        except ValueError:
+            r.problems.append(f"[broker] listen: {item!r} is not ADDRESS:PORT (e.g. \"0.0.0.0:443\")")
+            continue
+        listen.append(Listen(address.strip("[]"), port))
+    if not listen:
+        r.problems.append("[broker] listen: list at least one ADDRESS:PORT")
+    names = [host]
+    for name in r.value("broker", table, "names", list, []):
+        if not isinstance(name, str) or not (HOST_NAME.fullmatch(name) or _is_address(name)):
+            r.problems.append(f"[broker] names: {name!r} is not a host name or an IP address")
+        elif name not in names:
+            names.append(name)
+    pam_service = r.value("broker", table, "pam_service", str, "bootbroker")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,63}", pam_service):
+        r.problems.append(f"[broker] pam_service: {pam_service!r} is not a PAM service name (a file in /etc/pam.d)")
+    limits_t = table.get("limits", {})
+    if not isinstance(limits_t, dict):
+        r.problems.append("[broker.limits] must be a table")
+        limits_t = {}
+    r.unknown_keys("broker.limits", limits_t, {"user_failures", "address_failures", "window", "failure_delay"})
+    limits = LoginLimits(
+        user_failures=_positive(r, "broker.limits", limits_t, "user_failures", 5),
+        address_failures=_positive(r, "broker.limits", limits_t, "address_failures", 30),
+        window=_positive(r, "broker.limits", limits_t, "window", 300, integer=False),
+        failure_delay=_positive(r, "broker.limits", limits_t, "failure_delay", 2.0, integer=False),
+    )
+    return BrokerConfig(
+        url=url,
+        listen=tuple(listen),
+        names=tuple(names),
+        certificate=_absolute_path(r, "broker", "certificate", r.value("broker", table, "certificate", str, "/var/lib/bootbroker/tls/broker.crt")),
+        key=_absolute_path(r, "broker", "key", r.value("broker", table, "key", str, "/var/lib/bootbroker/tls/broker.key")),
+        pam_service=pam_service,
+        pam_concurrency=_positive(r, "broker", table, "pam_concurrency", 4),
+        token_ttl=_positive(r, "broker", table, "token_ttl", 300),
+        menu_timeout=_positive(r, "broker", table, "menu_timeout", 10),
+        insecure_http=insecure_http,
+        limits=limits,
+    )
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def parse(data: dict[str, Any], source: str = "<config>") -> Config:
     r = _Reader(data)
-    r.unknown_keys("top level", data, {"store", "helper", "iscsi", "images"})
+    r.unknown_keys("top level", data, {"store", "helper", "iscsi", "broker", "images"})
 
     store_t = r.table("store")
     r.unknown_keys("store", store_t, {"path", "backend", "cow_percent"})
@@ -198,14 +403,15 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Config:
         if not isinstance(table, dict):
             r.problems.append(f"[images.{name}] must be a table")
             continue
-        r.unknown_keys(f"images.{name}", table, {"description"})
-        images[name] = ImageConfig(name, r.value(f"images.{name}", table, "description", str, name))
+        images[name] = _image(r, name, table)
     if not images:
         r.problems.append("[images]: define at least one image, e.g. [images.debian] description = \"Debian 12\"")
 
+    broker = _broker(r, r.table("broker")) if "broker" in data else None
+
     if r.problems:
         raise ConfigError(source, r.problems)
-    return Config(source=source, store=store, helper=helper, iscsi=iscsi, images=images)
+    return Config(source=source, store=store, helper=helper, iscsi=iscsi, broker=broker, images=images)
 
 
 def load(path: Path) -> Config:

@@ -23,6 +23,10 @@ class ErrorCode(StrEnum):
     BACKEND_FAILURE = "backend_failure"  # storage or LIO refused; the half-done step was rolled back
     HELPER_UNAVAILABLE = "helper_unavailable"  # client side only: no helper answered
     INTERNAL = "internal"
+    # The broker's own: they never cross the helper socket.
+    LOGIN_FAILED = "login_failed"  # wrong or unknown user name or password (never says which)
+    TOO_MANY_ATTEMPTS = "too_many_attempts"
+    LOGIN_EXPIRED = "login_expired"  # a boot link whose token expired or does not verify
 
 
 class BrokerError(Exception):
@@ -83,6 +87,22 @@ class InternalError(BrokerError):
     code = ErrorCode.INTERNAL
 
 
+class LoginFailed(BrokerError):
+    code = ErrorCode.LOGIN_FAILED
+
+
+class TooManyAttempts(BrokerError):
+    code = ErrorCode.TOO_MANY_ATTEMPTS
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class LoginExpired(BrokerError):
+    code = ErrorCode.LOGIN_EXPIRED
+
+
 class ConfigError(Exception):
     """The configuration cannot be used; `problems` lists every fix needed, one line each."""
 
@@ -93,6 +113,7 @@ class ConfigError(Exception):
         super().__init__(f"{source}: {len(problems)} problem(s) to fix:\n{lines}")
 
 
+# The codes a helper may send; the broker's own codes never come from it.
 _BY_CODE: dict[ErrorCode, type[BrokerError]] = {
     cls.code: cls
     for cls in (
@@ -106,6 +127,6 @@ def error_from_code(code: str, message: str) -> BrokerError:
     """Rebuild the error a helper reported; an unknown code becomes an internal error."""
     try:
         cls = _BY_CODE[ErrorCode(code)]
-    except ValueError:
+    except (ValueError, KeyError):
         return InternalError(f"helper answered with an unknown error code {code!r}: {message}")
     return cls(message)

@@ -24,6 +24,10 @@ LABEL_SAFE = re.compile(r"[a-z0-9][a-z0-9.-]*")
 # A label that looks like the output of the hashed mapping is hashed too, so the two never collide.
 LOOKS_HASHED = re.compile(r".*--[0-9a-f]{10}")
 
+# What must never reach an iPXE script inside a value: control characters and newlines (a new command),
+# `$`, `{`, `}` (setting expansion), quotes and backslashes (tokenising), `||` and `&&` (control flow).
+SCRIPT_UNSAFE = re.compile(r"[\x00-\x1f\x7f$\\{}\"'`]|\|\||&&")
+
 CHAP_ALPHABET = string.ascii_letters + string.digits
 CHAP_SECRET_LENGTH = 20  # LIO and iPXE accept 12..255; DESIGN.md asks for 16..24
 _SHOWN_MAX = 40
@@ -52,6 +56,11 @@ def check_user_name(value: object) -> str:
             "not starting with . @ or -"
         )
     return value
+
+
+def script_safe(value: str) -> bool:
+    """True when the text can go into an iPXE script as a value without changing its meaning."""
+    return SCRIPT_UNSAFE.search(value) is None
 
 
 def check_version(value: object) -> int:

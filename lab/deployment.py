@@ -74,9 +74,11 @@ advertise = ["10.0.2.15:3260"]
 
 [images.demo]
 description = "Demo disk"
+users = ["*"]
 
 [images.other]
 description = "Second image"
+users = ["*"]
 """
 
     def install(self) -> None:

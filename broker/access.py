@@ -1,0 +1,35 @@
+"""Who may boot which image: users and groups from the configuration, group membership through NSS."""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+
+from .config import EVERYONE, ImageConfig
+
+
+class NssDirectory:
+    """Group membership as the system resolves it (files, sssd, ldap, ...). Blocking: call from a thread."""
+
+    def groups_of(self, user: str) -> frozenset[str]:
+        try:
+            primary = pwd.getpwnam(user).pw_gid
+        except KeyError:
+            return frozenset()
+        names = set()
+        for gid in os.getgrouplist(user, primary):
+            try:
+                names.add(grp.getgrgid(gid).gr_name)
+            except KeyError:
+                continue
+        return frozenset(names)
+
+
+def may_boot(image: ImageConfig, user: str, groups: frozenset[str]) -> bool:
+    return EVERYONE in image.users or user in image.users or not image.groups.isdisjoint(groups)
+
+
+def permitted_images(images: dict[str, ImageConfig], user: str, groups: frozenset[str]) -> list[ImageConfig]:
+    """The images this user may boot, in the configuration's order."""
+    return [image for image in images.values() if may_boot(image, user, groups)]

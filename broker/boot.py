@@ -1,0 +1,264 @@
+"""The boot use case, in one place: request -> authenticate -> menu -> ensure session -> render.
+
+The web layer (`web.py`) parses HTTP and maps errors; this module decides. Its ports are small
+interfaces so the web tests can use fakes: an `Authenticator` (PAM in production), a `SessionHelper`
+(the privileged helper), a `Directory` (group membership through NSS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .access import permitted_images
+from .config import BootMethod, BrokerConfig, Config, ImageConfig, Portal
+from .errors import (
+    BrokerError, ErrorCode, InternalError, LoginFailed, NotPermitted, TooManyAttempts, UnknownImage,
+)
+from .identifiers import CHAP_ALPHABET, IMAGE_NAME, USER_NAME, script_safe
+from .limiter import LoginLimiter
+from .scripts import ENTRY, MENU, MESSAGE, NETROOT, SANBOOT, ScriptRenderer
+from .tokens import TokenSigner
+
+log = logging.getLogger(__name__)
+
+IQN = re.compile(r"iqn\.[0-9]{4}-[0-9]{2}\.[a-z0-9.-]+:[a-z0-9.:-]+")
+CHAP_SECRET = re.compile(f"[{CHAP_ALPHABET}]{{12,64}}")
+PAUSE_MS = 8000  # how long a message stays on screen before the login prompt comes back
+NOTE_TTL = 120.0  # seconds a failure's message waits for the screen to ask for it
+MAX_NOTES = 4096
+
+
+class Authenticator(Protocol):
+    async def authenticate(self, user: str, password: str) -> bool: ...
+
+
+class SessionHelper(Protocol):
+    async def ensure_session(self, image: str, user: str) -> dict[str, Any]: ...
+    async def health(self) -> dict[str, Any]: ...
+
+
+class Directory(Protocol):
+    def groups_of(self, user: str) -> frozenset[str]: ...
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A boot session's credentials as the helper gave them, checked before they reach a script."""
+
+    target_iqn: str
+    lun: int
+    portals: tuple[Portal, ...]
+    initiator_iqn: str
+    chap_user: str
+    chap_secret: str
+
+    @classmethod
+    def from_helper(cls, data: dict[str, Any]) -> Grant:
+        try:
+            portals = []
+            for text in data["portals"]:
+                host, _, port = str(text).rpartition(":")
+                portals.append(Portal(str(ipaddress.ip_address(host.strip("[]"))), int(port)))
+            grant = cls(
+                data["target_iqn"], data["lun"], tuple(portals), data["initiator_iqn"], data["chap_user"],
+                data["chap_secret"],
+            )
+            if not (IQN.fullmatch(grant.target_iqn) and IQN.fullmatch(grant.initiator_iqn) and portals
+                    and isinstance(grant.lun, int) and 0 <= grant.lun < 16384
+                    and re.fullmatch(r"[a-z0-9.-]{1,128}", grant.chap_user)
+                    and CHAP_SECRET.fullmatch(grant.chap_secret)):
+                raise ValueError("field out of range")
+        except (KeyError, TypeError, ValueError) as e:
+            raise InternalError(f"the helper's session answer is malformed ({e})") from None
+        return grant
+
+    def san_uris(self) -> list[str]:
+        """iPXE's `iscsi:<server>:<protocol>:<port>:<lun>:<target>`, one per portal (multipath)."""
+        return [
+            f"iscsi:{f'[{p.host}]' if ':' in p.host else p.host}::{p.port}:{self.lun}:{self.target_iqn}"
+            for p in self.portals
+        ]
+
+    def netroot(self) -> str:
+        """dracut's `iscsi:<user>:<secret>@<server>:<protocol>:<port>:<lun>:<target>` (first portal)."""
+        p = self.portals[0]
+        host = f"[{p.host}]" if ":" in p.host else p.host
+        return f"iscsi:{self.chap_user}:{self.chap_secret}@{host}::{p.port}:{self.lun}:{self.target_iqn}"
+
+
+# What the person at the screen reads, per error code: short, no detail an attacker could use.
+SCREEN_MESSAGES: dict[ErrorCode, str] = {
+    ErrorCode.LOGIN_FAILED: "Wrong user name or password.",
+    ErrorCode.TOO_MANY_ATTEMPTS: "Too many failed logins. Wait a few minutes, then try again.",
+    ErrorCode.LOGIN_EXPIRED: "Your login has expired. Please log in again.",
+    ErrorCode.NOT_PERMITTED: "You may not boot any disk here. Ask the helpdesk.",
+    ErrorCode.UNKNOWN_IMAGE: "That disk does not exist (any more). Please log in again.",
+    ErrorCode.HELPER_UNAVAILABLE: "The boot service is not available right now. Try again in a minute.",
+    ErrorCode.STORE_FULL: "There is no room for your disk right now. Ask the helpdesk.",
+}
+DEFAULT_SCREEN_MESSAGE = "Your disk could not be prepared. Try again, or ask the helpdesk."
+
+
+def screen_message(error: BrokerError) -> str:
+    # A bad request's own message says what to change, and is built without any value from the request.
+    if error.code is ErrorCode.BAD_REQUEST and script_safe(error.message) and len(error.message) < 200:
+        return f"Refused: {error.message}."
+    return SCREEN_MESSAGES.get(error.code, DEFAULT_SCREEN_MESSAGE)
+
+
+class FailureNotes:
+    """The last failure's message per client address, for the entry script to show (iPXE cannot show the
+    body of an error answer). Bounded in size and time; holds no secret."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._notes: OrderedDict[str, tuple[float, str]] = OrderedDict()
+
+    def put(self, address: str, message: str) -> None:
+        self._notes.pop(address, None)
+        self._notes[address] = (self._clock() + NOTE_TTL, message)
+        while len(self._notes) > MAX_NOTES:
+            self._notes.popitem(last=False)
+
+    def take(self, address: str) -> str | None:
+        expiry, message = self._notes.pop(address, (0.0, ""))
+        return message if expiry >= self._clock() else None
+
+
+class BootFlow:
+    def __init__(
+        self,
+        config: Config,
+        broker: BrokerConfig,
+        authenticator: Authenticator,
+        helper: SessionHelper,
+        directory: Directory,
+        renderer: ScriptRenderer,
+        signer: TokenSigner,
+        limiter: LoginLimiter,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.broker = broker
+        self.authenticator = authenticator
+        self.helper = helper
+        self.directory = directory
+        self.renderer = renderer
+        self.signer = signer
+        self.limiter = limiter
+        self.notes = FailureNotes(clock)
+        self._clock = clock
+
+    # URLs the scripts use. The login URL carries iPXE's own expansion of the typed credentials.
+
+    def url(self, path: str) -> str:
+        return f"{self.broker.url}{path}"
+
+    def login_url(self) -> str:
+        scheme = self.broker.url.split("://", 1)[0]
+        return f"{scheme}://${{username:uristring}}:${{password:uristring}}@{self.broker.host}/login.ipxe"
+
+    # the conversation
+
+    def entry(self, after_failure: bool = False) -> str:
+        """The first script: log in, or boot the local disk after a timeout (or, after a failure, log in)."""
+        return self.renderer.render(ENTRY, {
+            "title": "bootbroker: log in to boot your own disk",
+            "site": self.broker.names[0],
+            "default": "login" if after_failure else "local",
+            "timeout_ms": self.broker.menu_timeout * 1000,
+            "message_url": self.url("/message.ipxe"),
+        }, expansions={"login_url": self.login_url()})
+
+    def message(self, text: str) -> str:
+        """A script that shows `text` and goes back to the login prompt."""
+        return self.renderer.render(MESSAGE, {
+            "message": text, "pause_ms": PAUSE_MS, "retry_url": self.url("/boot.ipxe?then=login"),
+        })
+
+    def failure(self, error: BrokerError, address: str) -> str:
+        """Remember the screen message of a failed request for `/message.ipxe`, and return its script."""
+        text = screen_message(error)
+        if isinstance(error, TooManyAttempts):
+            text = f"Too many failed logins. Try again in {max(1, round(error.retry_after / 60))} minute(s)."
+        self.notes.put(address, text)
+        return self.message(text)
+
+    def pending_message(self, address: str) -> str:
+        return self.message(self.notes.take(address) or "That did not work. Please log in again.")
+
+    async def login(self, user: str, password: str, address: str) -> str:
+        """Authenticate once; answer the menu of the images this user may boot, with signed links.
+
+        A failure of any kind (unknown user, wrong password, too many attempts) is answered no sooner
+        than `failure_delay` after the request arrived, so the answer's timing tells nothing."""
+        started = self._clock()
+        try:
+            wait = self.limiter.retry_after(user, address)
+            if wait > 0:
+                raise TooManyAttempts(f"login of {user!r} from {address} refused: too many failures", wait)
+            if not USER_NAME.fullmatch(user) or not await self.authenticator.authenticate(user, password):
+                self.limiter.failed(user[:64], address)
+                raise LoginFailed(f"login of {user[:64]!r} from {address} failed")
+        except (LoginFailed, TooManyAttempts):
+            await asyncio.sleep(max(0.0, started + self.broker.limits.failure_delay - self._clock()))
+            raise
+        self.limiter.succeeded(user)
+        groups = await asyncio.to_thread(self.directory.groups_of, user)
+        images = permitted_images(self.config.images, user, groups)
+        if not images:
+            raise NotPermitted(f"{user} logged in but may boot no image")
+        log.info("login of %s from %s: %d image(s)", user, address, len(images))
+        return self.renderer.render(MENU, {
+            "user": user,
+            "ttl": self.signer.ttl,
+            "timeout_ms": self.broker.menu_timeout * 1000,
+            "items": [
+                {
+                    "key": f"image-{image.name}",
+                    "description": image.description,
+                    "url": self.url(f"/boot/{image.name}.ipxe?token={self.signer.issue(user, image.name, address)}"),
+                }
+                for image in images
+            ],
+            "message_url": self.url("/message.ipxe"),
+            "entry_url": self.url("/boot.ipxe"),
+        })
+
+    async def boot(self, image_name: str, token: str, address: str) -> str:
+        """Verify the link, have the helper start a boot session, and answer the image's boot script."""
+        if not IMAGE_NAME.fullmatch(image_name) or image_name not in self.config.images:
+            raise UnknownImage(f"no image {image_name[:64]!r}")
+        image = self.config.images[image_name]
+        grant = self.signer.verify(token, image_name, address)
+        groups = await asyncio.to_thread(self.directory.groups_of, grant.user)
+        if not permitted_images({image.name: image}, grant.user, groups):
+            raise NotPermitted(f"{grant.user} may not boot {image.name}")
+        session = Grant.from_helper(await self.helper.ensure_session(image.name, grant.user))
+        log.info("boot of %s by %s from %s: initiator %s", image.name, grant.user, address, session.initiator_iqn)
+        return self._boot_script(image, grant.user, session)
+
+    def _boot_script(self, image: ImageConfig, user: str, grant: Grant) -> str:
+        values: dict[str, object] = {
+            "user": user,
+            "image": image.name,
+            "description": image.description,
+            "chap_user": grant.chap_user,
+            "chap_secret": grant.chap_secret,
+            "initiator_iqn": grant.initiator_iqn,
+            "pause_ms": PAUSE_MS,
+            "retry_url": self.url("/boot.ipxe?then=login"),
+        }
+        if image.boot is BootMethod.NETROOT:
+            values.update(kernel=image.kernel, initrd=image.initrd, cmdline=image.cmdline, netroot=grant.netroot())
+            return self.renderer.render(NETROOT, values)
+        values["san_uris"] = grant.san_uris()
+        return self.renderer.render(SANBOOT, values)

@@ -1,0 +1,102 @@
+"""`bootbroker serve`: wire the broker together from the configuration and run it.
+
+The composition root: the real PAM authenticator, the helper client (synchronous, called from worker
+threads), NSS for groups, the certificate (generated on first start) and the listening sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from aiohttp import web
+
+from .access import NssDirectory
+from .boot import BootFlow
+from .config import BrokerConfig, Config
+from .helper_client import HelperClient
+from .limiter import LoginLimiter
+from .pam_auth import PamAuthenticator
+from .scripts import ScriptRenderer
+from .tls import describe, ensure_certificate, server_context
+from .tokens import TokenSigner
+from .web import HANDLER_LIMITS, AccessLogger, make_app
+
+log = logging.getLogger(__name__)
+
+HELPER_TIMEOUT = 60.0  # a cold login under a boot storm waits for the helper's lock
+
+
+class ThreadedHelper:
+    """The helper, reached through its synchronous client from a pool of threads (one call each)."""
+
+    def __init__(self, client: HelperClient, concurrency: int = 16) -> None:
+        self._client = client
+        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="helper")
+
+    async def _call(self, op: str, **args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, lambda: self._client.call(op, **args))
+
+    async def ensure_session(self, image: str, user: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call("ensure_session", image=image, user=user)
+        return result
+
+    async def health(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call("health")
+        return result
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def build_app(config: Config, broker: BrokerConfig) -> web.Application:
+    authenticator = PamAuthenticator(broker.pam_service, broker.pam_concurrency)
+    helper = ThreadedHelper(HelperClient(config.helper.socket, timeout=HELPER_TIMEOUT))
+    flow = BootFlow(
+        config, broker, authenticator, helper, NssDirectory(), ScriptRenderer(),
+        TokenSigner(broker.token_ttl), LoginLimiter(broker.limits),
+    )
+    app = make_app(flow, helper)
+
+    async def close_pools(app: web.Application) -> Any:
+        yield
+        authenticator.close()
+        helper.close()
+
+    app.cleanup_ctx.append(close_pools)
+    return app
+
+
+async def run(config: Config, broker: BrokerConfig) -> None:
+    if broker.insecure_http:
+        ssl_context = None
+        log.warning(
+            "INSECURE: insecure_http is on; serving plain HTTP. Passwords and CHAP secrets cross the network "
+            "in clear text. This switch exists for the VM lab only."
+        )
+    else:
+        certificate = ensure_certificate(broker.certificate, broker.key, broker.names)
+        if certificate.generated:
+            print(f"bootbroker serve: generated a self-signed certificate", file=sys.stderr)
+        print(describe(certificate), file=sys.stderr)
+        ssl_context = server_context(certificate)
+    runner = web.AppRunner(build_app(config, broker), access_log_class=AccessLogger, handler_args=HANDLER_LIMITS)
+    await runner.setup()
+    try:
+        for listen in broker.listen:
+            site = web.TCPSite(runner, listen.host, listen.port, ssl_context=ssl_context, backlog=1024)
+            await site.start()
+            log.info("listening on %s:%d (%s)", listen.host, listen.port, "http" if ssl_context is None else "https")
+        log.info("broker ready at %s (helper socket %s)", broker.url, config.helper.socket)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        await runner.cleanup()

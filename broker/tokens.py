@@ -1,0 +1,72 @@
+"""Boot tokens: short-lived signed links in a user's menu, so PAM runs once per boot.
+
+After a successful login the menu's links carry a token that names the user and the image, expires after
+`token_ttl` seconds, and is bound (through its MAC, not its text) to the client address that logged in.
+Choosing an image sends the token instead of the password again. The key is random per broker process:
+a restart only makes the menus on screen expire, which their users see as "log in again".
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .errors import LoginExpired
+from .identifiers import check_image_name, check_user_name
+
+MAX_TOKEN_LENGTH = 512
+
+
+@dataclass(frozen=True)
+class BootGrant:
+    """What a verified token allows: this user may boot this image."""
+
+    user: str
+    image: str
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class TokenSigner:
+    def __init__(self, ttl: int, key: bytes | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.ttl = ttl
+        self._key = key if key is not None else secrets.token_bytes(32)
+        self._clock = clock
+
+    def _mac(self, payload: str, address: str) -> bytes:
+        return hmac.new(self._key, f"{payload}\n{address}".encode(), hashlib.sha256).digest()
+
+    def issue(self, user: str, image: str, address: str) -> str:
+        payload = _b64(json.dumps({"u": user, "i": image, "e": int(self._clock()) + self.ttl}).encode())
+        return f"{payload}.{_b64(self._mac(payload, address))}"
+
+    def verify(self, token: str, image: str, address: str) -> BootGrant:
+        """The grant a token carries for this image and client address; LoginExpired if it is forged,
+        expired, for another image or from another address (the person at the screen logs in again)."""
+        payload, _, mac = token.partition(".")
+        try:
+            if len(token) > MAX_TOKEN_LENGTH or not hmac.compare_digest(_unb64(mac), self._mac(payload, address)):
+                raise ValueError("signature")
+            claims = json.loads(_unb64(payload))
+            user, claimed_image, expiry = claims["u"], claims["i"], claims["e"]
+            check_user_name(user)
+            check_image_name(claimed_image)
+        except (ValueError, KeyError, TypeError) as e:
+            raise LoginExpired(f"boot link does not verify ({type(e).__name__})") from None
+        if claimed_image != image:
+            raise LoginExpired("boot link is for another image")
+        if not isinstance(expiry, int) or self._clock() > expiry:
+            raise LoginExpired(f"boot link of {user} expired")
+        return BootGrant(user, claimed_image)

@@ -1,0 +1,190 @@
+"""The HTTP edge that iPXE talks to: routes, parsing, limits, and the one mapping of errors to answers.
+
+Everything is parsed and size-checked here, then handed to `BootFlow`. Every failure answers with an
+HTTP status that says what happened and a script that says it to the person at the screen; because iPXE
+drops the body of an error answer, scripts fetch that message again from `/message.ipxe`.
+
+Routes:
+  GET  /boot.ipxe             the entry script (`?then=login` after a failure)
+  GET  /login.ipxe            log in with HTTP Basic credentials (401 + challenge without them)
+  POST /login.ipxe            log in with a form (username, password), for iPXE builds with `params`
+  GET  /boot/<image>.ipxe     start a boot session with a token from the menu; the boot script
+  GET  /message.ipxe          why this workstation's last request failed
+  GET  /health                JSON: the broker and the helper's health
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from typing import Any
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.typedefs import Handler
+
+from .boot import BootFlow, SessionHelper
+from .errors import BadRequest, BrokerError, ErrorCode, InternalError, TooManyAttempts
+from .pam_auth import MAX_PASSWORD_LENGTH
+from .tokens import MAX_TOKEN_LENGTH
+
+log = logging.getLogger(__name__)
+
+FLOW = web.AppKey("flow", BootFlow)
+HELPER = web.AppKey("helper", SessionHelper)
+
+MAX_BODY_BYTES = 4096
+# Limits on request lines and headers, passed to aiohttp's parser by `serve`.
+HANDLER_LIMITS = {"max_line_size": 2048, "max_field_size": 4096, "max_headers": 32}
+MAX_USER_LENGTH = 256  # longer than any valid name: a longer one is refused like a wrong password
+REALM = 'Basic realm="bootbroker", charset="UTF-8"'
+
+HTTP_STATUS: dict[ErrorCode, int] = {
+    ErrorCode.BAD_REQUEST: 400,
+    ErrorCode.UNSUPPORTED_VERSION: 400,
+    ErrorCode.BAD_IDENTIFIER: 400,
+    ErrorCode.LOGIN_FAILED: 401,
+    ErrorCode.LOGIN_EXPIRED: 403,
+    ErrorCode.NOT_PERMITTED: 403,
+    ErrorCode.UNKNOWN_IMAGE: 404,
+    ErrorCode.NO_SUCH_SESSION: 404,
+    ErrorCode.NO_SUCH_OVERLAY: 404,
+    ErrorCode.CONFLICT: 409,
+    ErrorCode.TOO_MANY_ATTEMPTS: 429,
+    ErrorCode.INTERNAL: 500,
+    ErrorCode.BACKEND_FAILURE: 502,
+    # No Retry-After with 503: iPXE would silently retry forever instead of showing the message.
+    ErrorCode.HELPER_UNAVAILABLE: 503,
+    ErrorCode.STORE_FULL: 507,
+}
+
+
+def _script(text: str, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        text=text, status=status, content_type="text/plain", charset="utf-8",
+        headers={"Cache-Control": "no-store", **(headers or {})},
+    )
+
+
+def _address(request: web.Request) -> str:
+    return request.remote or "unknown"
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one place errors become answers: status from the code, the screen's message as a script,
+    the detail in the log (never a password or a secret: messages are built without them)."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except BrokerError as e:
+        error = e
+        log.warning("%s %s from %s: %s: %s", request.method, request.path, _address(request), e.code, e.message)
+    except Exception:
+        log.exception("%s %s from %s: unexpected failure", request.method, request.path, _address(request))
+        error = InternalError("unexpected failure")
+    headers = {}
+    if error.code is ErrorCode.LOGIN_FAILED:
+        headers["WWW-Authenticate"] = REALM
+    if isinstance(error, TooManyAttempts):
+        headers["Retry-After"] = str(max(1, round(error.retry_after)))
+    return _script(request.app[FLOW].failure(error, _address(request)), HTTP_STATUS[error.code], headers)
+
+
+def _refuse_query_password(request: web.Request) -> None:
+    if any(key.lower() in ("password", "pass", "pw", "passwd") for key in request.query):
+        raise BadRequest(
+            "a password in the query string of a URL is refused: query strings end up in logs and histories; "
+            "send it with HTTP Basic credentials or a POST form"
+        )
+
+
+def _basic_credentials(header: str) -> tuple[str, str]:
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic" or not encoded or len(encoded) > 2 * (MAX_USER_LENGTH + MAX_PASSWORD_LENGTH):
+        raise BadRequest("the Authorization header is not HTTP Basic credentials")
+    try:
+        user, sep, password = base64.b64decode(encoded.strip(), validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        raise BadRequest("the Basic credentials are not base64 of UTF-8 user:password") from None
+    if not sep:
+        raise BadRequest("the Basic credentials have no colon between user and password")
+    return user, password
+
+
+async def _form_credentials(request: web.Request) -> tuple[str, str]:
+    if request.content_type != "application/x-www-form-urlencoded":
+        raise BadRequest("log in with a form (application/x-www-form-urlencoded) of username and password")
+    form = await request.post()
+    if set(form) - {"username", "password"}:
+        raise BadRequest("the login form takes only the fields username and password")
+    user, password = form.get("username"), form.get("password")
+    if not isinstance(user, str) or not isinstance(password, str):
+        raise BadRequest("the login form needs the fields username and password")
+    return user, password
+
+
+async def entry(request: web.Request) -> web.Response:
+    _refuse_query_password(request)
+    return _script(request.app[FLOW].entry(after_failure=request.query.get("then") == "login"))
+
+
+async def login(request: web.Request) -> web.Response:
+    _refuse_query_password(request)
+    flow = request.app[FLOW]
+    if request.method == "POST":
+        user, password = await _form_credentials(request)
+    elif "Authorization" in request.headers:
+        user, password = _basic_credentials(request.headers["Authorization"])
+    else:
+        # iPXE sends the credentials from the URL only when challenged.
+        return _script(flow.message("Log in with your user name and password."), 401, {"WWW-Authenticate": REALM})
+    if len(user) > MAX_USER_LENGTH or len(password) > MAX_PASSWORD_LENGTH:
+        raise BadRequest("the user name or password is longer than any valid one")
+    return _script(await flow.login(user, password, _address(request)))
+
+
+async def boot(request: web.Request) -> web.Response:
+    _refuse_query_password(request)
+    token = request.query.get("token", "")
+    if not token or len(token) > MAX_TOKEN_LENGTH or set(request.query) != {"token"}:
+        raise BadRequest("a boot link takes exactly one parameter, token, from the menu")
+    return _script(await request.app[FLOW].boot(request.match_info["image"], token, _address(request)))
+
+
+async def message(request: web.Request) -> web.Response:
+    return _script(request.app[FLOW].pending_message(_address(request)))
+
+
+async def health(request: web.Request) -> web.Response:
+    body: dict[str, Any] = {"broker": "ok"}
+    try:
+        body["helper"] = await request.app[HELPER].health()
+    except BrokerError as e:
+        body["helper"] = {"error": e.code.value, "message": e.message}
+        return web.json_response(body, status=503)
+    return web.json_response(body)
+
+
+class AccessLogger(AbstractAccessLogger):
+    """One line per request, without the query string: boot links carry tokens there."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info(
+            '%s "%s %s" %d %.3fs', request.remote, request.method, request.path, response.status, time
+        )
+
+
+def make_app(flow: BootFlow, helper: SessionHelper) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[errors_middleware])
+    app[FLOW] = flow
+    app[HELPER] = helper
+    app.router.add_get("/boot.ipxe", entry)
+    app.router.add_get("/login.ipxe", login)
+    app.router.add_post("/login.ipxe", login)
+    app.router.add_get("/boot/{image}.ipxe", boot)
+    app.router.add_get("/message.ipxe", message)
+    app.router.add_get("/health", health)
+    return app

@@ -1,0 +1,87 @@
+"""Test fakes for the broker's ports, one per failure mode the web layer must handle (after matchbox's
+testfakes): an authenticator with a fixed table, a helper that works, is down, is slow, errs, or answers
+garbage, and a directory of groups."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from broker.config import Config, parse
+from broker.errors import BrokerError, HelperUnavailable
+
+CHAP_SECRET = "S3cretS3cretS3cret42"
+
+
+def broker_config(images: dict[str, Any] | None = None, **broker: Any) -> Config:
+    return parse({
+        "store": {"path": "/srv/bootbroker"},
+        "iscsi": {"domain": "lab.example.org", "date": "2026-11", "portals": ["192.0.2.10:3260"]},
+        "broker": {
+            "url": "https://boot.example.org",
+            "limits": {"failure_delay": 0.05, "user_failures": 3, "address_failures": 10, "window": 60},
+            **broker,
+        },
+        "images": images or {
+            "demo": {"description": "Demo disk", "users": ["*"]},
+            "staff": {"description": "Staff desktop", "groups": ["staff"]},
+            "linux": {
+                "description": "Fedora via netroot", "users": ["alice"], "boot": "netroot",
+                "kernel": "https://boot.example.org/f/vmlinuz", "initrd": "https://boot.example.org/f/initrd.img",
+                "cmdline": "ip=dhcp rw quiet",
+            },
+        },
+    }, "test.toml")
+
+
+class FakeAuthenticator:
+    def __init__(self, passwords: dict[str, str]) -> None:
+        self.passwords = passwords
+        self.calls: list[str] = []
+
+    async def authenticate(self, user: str, password: str) -> bool:
+        self.calls.append(user)
+        return self.passwords.get(user) == password
+
+
+class FakeDirectory:
+    def __init__(self, groups: dict[str, set[str]]) -> None:
+        self.groups = groups
+
+    def groups_of(self, user: str) -> frozenset[str]:
+        return frozenset(self.groups.get(user, set()))
+
+
+class FakeHelper:
+    """A helper that grants sessions; `mode` makes it fail: "down", "slow", "store_full", "garbage"."""
+
+    def __init__(self, mode: str = "ok", error: BrokerError | None = None) -> None:
+        self.mode = mode
+        self.error = error
+        self.sessions: list[tuple[str, str]] = []
+
+    async def ensure_session(self, image: str, user: str) -> dict[str, Any]:
+        if self.error is not None:
+            raise self.error
+        if self.mode == "slow":
+            await asyncio.sleep(0.2)
+        if self.mode == "garbage":
+            return {"target_iqn": "iqn.2026-11.org.example.lab:demo.x\n#!ipxe shell", "lun": 0}
+        self.sessions.append((image, user))
+        label = user.lower()
+        return {
+            "target_iqn": f"iqn.2026-11.org.example.lab:{image}.{label}",
+            "lun": 0,
+            "portals": ["192.0.2.10:3260"],
+            "initiator_iqn": f"iqn.2026-11.org.example.lab:client.{image}.{label}.0a1b2c3d",
+            "chap_user": label,
+            "chap_secret": CHAP_SECRET,
+        }
+
+    async def health(self) -> dict[str, Any]:
+        if self.error is not None:
+            raise self.error
+        return {"backend": "reflink", "sessions": len(self.sessions), "store_free_bytes": 1 << 30}
+
+
+DOWN = HelperUnavailable("no helper socket at /run/bootbroker/helper.sock; is `bootbroker helper` running?")
