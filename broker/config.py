@@ -288,7 +288,8 @@ def _broker(r: _Reader, table: dict[str, Any]) -> BrokerConfig:
     insecure_http = r.value("broker", table, "insecure_http", bool, False)
     url, host = _url(r, r.value("broker", table, "url", str), insecure_http)
     listen = []
-    for item in r.value("broker", table, "listen", list, ["0.0.0.0:443"]):
+    listen_raw = r.value("broker", table, "listen", list, ["0.0.0.0:443"])
+    for item in listen_raw:
         address, sep, port_text = str(item).rpartition(":")
         try:
             ipaddress.ip_address(address.strip("[]"))
@@ -299,7 +300,7 @@ def _broker(r: _Reader, table: dict[str, Any]) -> BrokerConfig:
             r.problems.append(f"[broker] listen: {item!r} is not ADDRESS:PORT (e.g. \"0.0.0.0:443\")")
             continue
         listen.append(Listen(address.strip("[]"), port))
-    if not listen:
+    if not listen_raw:
         r.problems.append("[broker] listen: list at least one ADDRESS:PORT")
     names = [host]
     for name in r.value("broker", table, "names", list, []):

@@ -12,6 +12,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from .errors import LoginExpired
 from .identifiers import check_image_name, check_user_name
 
 MAX_TOKEN_LENGTH = 512
+TOKEN = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,7 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
 
 
 class TokenSigner:
@@ -57,13 +59,13 @@ class TokenSigner:
         expired, for another image or from another address (the person at the screen logs in again)."""
         payload, _, mac = token.partition(".")
         try:
-            if len(token) > MAX_TOKEN_LENGTH or not hmac.compare_digest(_unb64(mac), self._mac(payload, address)):
+            if len(token) > MAX_TOKEN_LENGTH or not TOKEN.fullmatch(token) or not hmac.compare_digest(_unb64(mac), self._mac(payload, address)):
                 raise ValueError("signature")
             claims = json.loads(_unb64(payload))
             user, claimed_image, expiry = claims["u"], claims["i"], claims["e"]
             check_user_name(user)
             check_image_name(claimed_image)
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError) as e:  # binascii.Error is a ValueError
             raise LoginExpired(f"boot link does not verify ({type(e).__name__})") from None
         if claimed_image != image:
             raise LoginExpired("boot link is for another image")

@@ -74,3 +74,90 @@ def test_ipv6_portal() -> None:
     data = example()
     data["iscsi"]["advertise"] = ["[2001:db8::1]:3260"]
     assert str(parse(data).iscsi.advertise[0]) == "[2001:db8::1]:3260"
+
+
+def test_the_broker_section_has_sane_defaults() -> None:
+    data = example()
+    data["broker"] = {"url": "https://boot.example.org"}
+    broker = parse(data).broker
+    assert broker is not None
+    assert broker.host == "boot.example.org" and broker.names == ("boot.example.org",)
+    assert [(x.host, x.port) for x in broker.listen] == [("0.0.0.0", 443)]
+    assert broker.pam_service == "bootbroker" and not broker.insecure_http
+    assert str(broker.key) == "/var/lib/bootbroker/tls/broker.key"
+    assert broker.limits.failure_delay == 2.0
+
+
+def test_a_file_without_a_broker_section_is_enough_for_the_helper() -> None:
+    data = example()
+    del data["broker"]
+    assert parse(data).broker is None
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("http://boot.example.org", "insecure_http = true"),
+    ("ftp://boot.example.org", "must be https://HOST"),
+    ("https://user:pw@boot.example.org", "without a path, user"),
+    ("https://boot.example.org/", "trailing slash"),
+    ("https://boot.example.org/path", "without a path"),
+    ("https://boot.example.org?x=1", "query"),
+    ("https://boot.example.org:99999", "invalid port"),
+    ("https://boot.example.org/${x}", "without a path"),
+    ("https://bo\"ot.example.org", "cannot go into an iPXE script"),
+])
+def test_bad_broker_urls_say_what_to_write(url: str, expected: str) -> None:
+    data = example()
+    data["broker"] = {"url": url}
+    with pytest.raises(ConfigError) as info:
+        parse(data)
+    assert expected in str(info.value)
+
+
+def test_broker_problems_are_all_reported() -> None:
+    data = example()
+    data["broker"] = {
+        "url": "https://boot.example.org", "listen": ["nowhere"], "names": ["bad name!"],
+        "pam_service": "../etc/shadow", "token_ttl": 0, "limits": {"failure_delay": -1, "typo": 1},
+        "certificate": "relative.crt",
+    }
+    with pytest.raises(ConfigError) as info:
+        parse(data)
+    text = str(info.value)
+    for expected in ("listen: 'nowhere'", "names: 'bad name!'", "pam_service", "token_ttl", "failure_delay",
+                     "typo: unknown key", "certificate: must be an absolute path"):
+        assert expected in text
+    assert len(info.value.problems) == 7
+
+
+def test_every_image_says_who_may_boot_it() -> None:
+    data = example()
+    data["images"]["demo"] = {"description": "Demo disk"}
+    with pytest.raises(ConfigError, match="say who may boot it"):
+        parse(data)
+    data["images"]["demo"] = {"description": "Demo disk", "groups": ["students"], "users": ["alice", "bad name"]}
+    with pytest.raises(ConfigError, match="users: 'bad name' is not a valid name"):
+        parse(data)
+
+
+@pytest.mark.parametrize("description", ["a $b", "with {braces}", "new\nline", 'a "quote"', "x || reboot", "x" * 81])
+def test_image_descriptions_that_a_script_cannot_carry_are_refused(description: str) -> None:
+    data = example()
+    data["images"]["demo"]["description"] = description
+    with pytest.raises(ConfigError, match="description"):
+        parse(data)
+
+
+def test_netroot_images_need_kernel_and_initrd_urls() -> None:
+    data = example()
+    data["images"]["demo"]["boot"] = "netroot"
+    with pytest.raises(ConfigError) as info:
+        parse(data)
+    assert "kernel: required" in str(info.value) and "initrd: required" in str(info.value)
+    data["images"]["demo"].update(kernel="https://x/vmlinuz", initrd="file:///etc/shadow", cmdline="ip=dhcp $x")
+    with pytest.raises(ConfigError) as info:
+        parse(data)
+    assert "initrd: 'file:///etc/shadow'" in str(info.value) and "cmdline" in str(info.value)
+    sanboot = example()
+    sanboot["images"]["demo"]["kernel"] = "https://x/vmlinuz"
+    with pytest.raises(ConfigError, match="only apply with boot"):
+        parse(sanboot)

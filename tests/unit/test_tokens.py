@@ -1,0 +1,39 @@
+import pytest
+
+from broker.errors import LoginExpired
+from broker.tokens import TokenSigner
+
+
+def test_a_token_verifies_for_its_image_and_address_until_it_expires() -> None:
+    now = [1000.0]
+    signer = TokenSigner(60, clock=lambda: now[0])
+    token = signer.issue("Alice_B", "demo", "192.0.2.7")
+    assert set(token) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
+    grant = signer.verify(token, "demo", "192.0.2.7")
+    assert (grant.user, grant.image) == ("Alice_B", "demo")
+    now[0] += 60
+    signer.verify(token, "demo", "192.0.2.7")
+    now[0] += 1
+    with pytest.raises(LoginExpired, match="expired"):
+        signer.verify(token, "demo", "192.0.2.7")
+
+
+@pytest.mark.parametrize("image, address", [("other", "192.0.2.7"), ("demo", "192.0.2.8")])
+def test_a_token_is_refused_for_another_image_or_address(image: str, address: str) -> None:
+    signer = TokenSigner(60)
+    token = signer.issue("alice", "demo", "192.0.2.7")
+    with pytest.raises(LoginExpired):
+        signer.verify(token, image, address)
+
+
+def test_tokens_of_another_key_or_tampered_ones_are_refused() -> None:
+    signer, other = TokenSigner(60), TokenSigner(60)
+    token = other.issue("alice", "demo", "a")
+    with pytest.raises(LoginExpired):
+        signer.verify(token, "demo", "a")
+    mine = signer.issue("alice", "demo", "a")
+    payload, mac = mine.split(".")
+    forged_payload = signer.issue("mallory", "demo", "a").split(".")[0]
+    for bad in (f"{forged_payload}.{mac}", payload, "", ".", "x" * 600, f"{payload}.{mac}=="[:-1] + "!"):
+        with pytest.raises(LoginExpired):
+            signer.verify(bad, "demo", "a")
