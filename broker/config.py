@@ -117,6 +117,7 @@ class BrokerConfig:
     menu_timeout: int  # seconds before the entry menu boots the local disk
     insecure_http: bool
     limits: LoginLimits
+    templates: Path | None  # a site's own templates, searched before the bundled ones
 
     @property
     def host(self) -> str:
@@ -283,7 +284,7 @@ def _url(r: _Reader, text: str | None, insecure_http: bool) -> tuple[str, str]:
 def _broker(r: _Reader, table: dict[str, Any]) -> BrokerConfig:
     r.unknown_keys("broker", table, {
         "url", "listen", "names", "certificate", "key", "pam_service", "pam_concurrency", "token_ttl",
-        "menu_timeout", "insecure_http", "limits",
+        "menu_timeout", "insecure_http", "limits", "templates",
     })
     insecure_http = r.value("broker", table, "insecure_http", bool, False)
     url, host = _url(r, r.value("broker", table, "url", str), insecure_http)
@@ -311,6 +312,7 @@ def _broker(r: _Reader, table: dict[str, Any]) -> BrokerConfig:
     pam_service = r.value("broker", table, "pam_service", str, "bootbroker")
     if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,63}", pam_service):
         r.problems.append(f"[broker] pam_service: {pam_service!r} is not a PAM service name (a file in /etc/pam.d)")
+    templates_text = r.value("broker", table, "templates", str, "")
     limits_t = table.get("limits", {})
     if not isinstance(limits_t, dict):
         r.problems.append("[broker.limits] must be a table")
@@ -334,6 +336,7 @@ def _broker(r: _Reader, table: dict[str, Any]) -> BrokerConfig:
         menu_timeout=_positive(r, "broker", table, "menu_timeout", 10),
         insecure_http=insecure_http,
         limits=limits,
+        templates=_absolute_path(r, "broker", "templates", templates_text) if templates_text else None,
     )
 
 

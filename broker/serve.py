@@ -57,7 +57,7 @@ def build_app(config: Config, broker: BrokerConfig) -> web.Application:
     authenticator = PamAuthenticator(broker.pam_service, broker.pam_concurrency)
     helper = ThreadedHelper(HelperClient(config.helper.socket, timeout=HELPER_TIMEOUT))
     flow = BootFlow(
-        config, broker, authenticator, helper, NssDirectory(), ScriptRenderer(),
+        config, broker, authenticator, helper, NssDirectory(), ScriptRenderer(broker.templates),
         TokenSigner(broker.token_ttl), LoginLimiter(broker.limits),
     )
     app = make_app(flow, helper)

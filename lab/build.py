@@ -23,6 +23,8 @@ DEFAULT_CACHE = Path("/var/cache/bootbroker-lab")
 HOST_PACKAGES = (
     "qemu-system-x86", "qemu-utils", "qemu-block-extra", "busybox-static", "libiscsi-bin",
     "btrfs-progs", "xfsprogs", "e2fsprogs", "dmsetup", "kmod", "cpio",
+    # the broker's tests: TLS handshakes (openssl s_client), HTTP clients, the iPXE build helper's make
+    "openssl", "curl", "make", "libpam-modules",
 )
 
 # The metapackage tracks the current Debian 12 kernel ABI; we boot the package it depends on.
