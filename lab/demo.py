@@ -1,4 +1,5 @@
-"""The lab demo: the helper on real LIO in the VM, and a real iSCSI client using what it hands out.
+"""The lab demo: the helper on real LIO and the HTTPS broker with real PAM in the VM, curl playing the
+workstation's iPXE, and a real iSCSI client using the credentials the boot script carries.
 
 What `scripts/lab demo` runs. Each step prints what happens, as an admin watching would see it.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from .broker import BrokerDeployment, grant_from_script
 from .deployment import Deployment, Grant, clear_lio, iscsi_tool, prepare_accounts, qemu_io
 from .vm import Lab
 
@@ -21,6 +23,12 @@ def say(text: str) -> None:
 def show(done: subprocess.CompletedProcess[str]) -> None:
     for line in (done.stdout + done.stderr).strip().splitlines():
         print(f"   | {line}")
+
+
+def script(text: str, secret: str | None = None) -> None:
+    for line in text.strip().splitlines():
+        if not line.startswith("#") and line.strip():
+            print(f"   > {line.replace(secret, secret[:3] + '*' * (len(secret) - 3)) if secret else line}")
 
 
 def masked(grant: Grant) -> str:
@@ -62,10 +70,39 @@ def run_demo(lab: Lab) -> int:
     fresh = helper.ensure_session("alice")
     pattern = qemu_io(lab, fresh, "read -P 0x42 0 1M")
     print(f"   after the reset her disk is the golden image again: {'Pattern verification failed' in pattern.stdout}")
+    broker_story(helper)
     helper.stop()
     clear_lio(lab)
     say("done: the VM powers off")
     return 0
+
+
+def broker_story(helper: Deployment) -> None:
+    say("starting the broker (HTTPS, unprivileged user brokersvc, real PAM) with lab accounts student1, student2")
+    broker = BrokerDeployment(helper)
+    broker.install()
+    broker.start()
+    for line in broker.log().splitlines():
+        if "fingerprint" in line or "certificate" in line.lower():
+            print(f"   | {line.strip()}")
+    say("a workstation's iPXE fetches the entry script (curl plays iPXE here; the next step uses a real one)")
+    script(broker.curl("/boot.ipxe").body)
+    say("student1 types a wrong password: the broker answers 401 and the screen shows why")
+    wrong = broker.login("student1", "a-wrong-password")
+    print(f"   HTTP {wrong.status} after {wrong.seconds:.2f} s")
+    script(broker.curl("/message.ipxe").body)
+    say("student1 logs in (PAM checks /etc/shadow): the menu of the disks she may boot")
+    menu = broker.login("student1")
+    print(f"   HTTP {menu.status} in {menu.seconds * 1000:.0f} ms")
+    script(menu.body)
+    say("she picks 'demo': the helper makes her overlay and target; the boot script carries fresh CHAP credentials")
+    boot = broker.boot(menu.body)
+    grant = grant_from_script(boot.body)
+    print(f"   HTTP {boot.status} in {boot.seconds * 1000:.0f} ms")
+    script(boot.body, grant.chap_secret)
+    say("the credentials from the script log in to her target (libiscsi iscsi-inq)")
+    show(iscsi_tool(helper.lab, "iscsi-inq", grant))
+    broker.stop()
 
 
 def main() -> int:
