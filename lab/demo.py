@@ -101,7 +101,9 @@ def broker_story(helper: Deployment) -> None:
     print(f"   HTTP {boot.status} in {boot.seconds * 1000:.0f} ms")
     script(boot.body, grant.chap_secret)
     say("the credentials from the script log in to her target (libiscsi iscsi-inq)")
-    show(iscsi_tool(helper.lab, "iscsi-inq", grant))
+    inquiry = iscsi_tool(helper.lab, "iscsi-inq", grant)
+    print("\n".join(f"   | {line}" for line in inquiry.stdout.splitlines() if line.startswith(("Vendor", "Product"))))
+    print(f"   iscsi-inq exit status {inquiry.returncode}")
     broker.stop()
 
 
