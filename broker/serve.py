@@ -84,7 +84,7 @@ async def run(config: Config, broker: BrokerConfig) -> None:
             print(f"bootbroker serve: generated a self-signed certificate", file=sys.stderr)
         print(describe(certificate), file=sys.stderr)
         ssl_context = server_context(certificate)
-    runner = web.AppRunner(build_app(config, broker), access_log_class=AccessLogger, handler_args=HANDLER_LIMITS)
+    runner = web.AppRunner(build_app(config, broker), access_log_class=AccessLogger, **HANDLER_LIMITS)
     await runner.setup()
     try:
         for listen in broker.listen:

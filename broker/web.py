@@ -35,8 +35,8 @@ FLOW = web.AppKey("flow", BootFlow)
 HELPER = web.AppKey("helper", SessionHelper)
 
 MAX_BODY_BYTES = 4096
-# Limits on request lines and headers, passed to aiohttp's parser by `serve`.
-HANDLER_LIMITS = {"max_line_size": 2048, "max_field_size": 4096, "max_headers": 32}
+# Limits on request lines and headers: keyword arguments of aiohttp's runner, passed by `serve`.
+HANDLER_LIMITS: dict[str, Any] = {"max_line_size": 2048, "max_field_size": 4096, "max_headers": 32}
 MAX_USER_LENGTH = 256  # longer than any valid name: a longer one is refused like a wrong password
 REALM = 'Basic realm="bootbroker", charset="UTF-8"'
 

@@ -41,7 +41,7 @@ def make_client(aiohttp_client: Any) -> Any:
         )
         server = TestServer(make_app(flow, helper))
         # the production runner's access log and parser limits (aiohttp_client would start a default one)
-        await server.start_server(access_log_class=AccessLogger, handler_args=HANDLER_LIMITS)
+        await server.start_server(access_log_class=AccessLogger, **HANDLER_LIMITS)
         client: TestClient = await aiohttp_client(server)
         return client
     return make
@@ -263,6 +263,8 @@ async def test_size_limits(make_client: Any) -> None:
     assert long_header.status == 400
     long_password = await client.get("/login.ipxe", headers=basic("alice", "x" * 600))
     assert long_password.status == 400
+    many_headers = await client.get("/boot.ipxe", headers={f"X-H{i}": "x" for i in range(40)})
+    assert many_headers.status == 400
 
 
 async def test_health(make_client: Any) -> None:
