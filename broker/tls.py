@@ -1,13 +1,22 @@
 """The broker's certificate and TLS settings.
 
-iPXE's TLS is small: builds from before 2022 (Debian 12's among them) have TLS 1.2 with RSA key exchange
-and AES-CBC with SHA-256 only; newer builds add ECDHE and AES-GCM. The suites below are exactly those
-iPXE families, strongest first, so every iPXE that speaks HTTPS finds one, and nothing weaker (no SHA-1
-MAC, no 3DES/RC4, no anonymous or PSK suites) is offered to anyone. TLS 1.3 stays on for other clients
-(curl, monitoring).
+iPXE's TLS is small, and the suite list is exactly what it has, strongest first:
+
+- ECDHE-RSA with AES-GCM: iPXE builds from 2022 on;
+- ECDHE-RSA with AES-CBC and SHA-256/384: the same builds;
+- RSA key exchange with AES-GCM;
+- RSA key exchange with AES-CBC-SHA256: older builds (Debian 12's among them) have only these and the
+  SHA-1 variants, so they are what every iPXE with HTTPS can fall back to.
+
+Nothing weaker is offered to anyone: no SHA-1 MAC (so no AES-CBC-SHA, though old iPXE has it too), no
+3DES, RC4, NULL, anonymous or PSK suites, nothing below TLS 1.2. TLS 1.3 stays on for curl and monitoring.
+The security level is pinned to 2 (what Debian builds OpenSSL with) rather than inherited from the host:
+every suite above works at it with an RSA-2048 key, while level 3 would drop the RSA key-exchange suites
+and need a 3072-bit key, which firmware is slow with. The key exchange of those suites also needs
+keyEncipherment in the certificate's key usage.
 
 The certificate is self-signed and generated on first start for the configured names; workstations
-trust it because iPXE is built with `TRUST=` this certificate (see ipxe/).
+trust it because iPXE is built with `TRUST=` this certificate (see ipxe/README.md).
 """
 
 from __future__ import annotations
@@ -17,8 +26,8 @@ import hashlib
 import ipaddress
 import logging
 import os
+import secrets
 import ssl
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +48,9 @@ CIPHERS = ":".join((
     "ECDHE-RSA-AES256-SHA384", "ECDHE-RSA-AES128-SHA256",
     "AES256-GCM-SHA384", "AES128-GCM-SHA256",
     "AES256-SHA256", "AES128-SHA256",  # every iPXE with HTTPS, Debian 12's included
+    "@SECLEVEL=2",
 ))
+_CN_MAX = 64  # X.520 upper bound for commonName; DNS names may be longer (then they are in the SAN only)
 
 
 @dataclass(frozen=True)
@@ -47,7 +58,7 @@ class ServerCertificate:
     certificate: Path
     key: Path
     fingerprint: str  # SHA-256 of the DER certificate, as `openssl x509 -fingerprint -sha256` prints it
-    names: tuple[str, ...]  # the DNS names and addresses in its subjectAltName
+    names: tuple[str, ...]  # the DNS names and addresses in its subjectAltName, in its order
     generated: bool  # made by this call
 
 
@@ -56,11 +67,23 @@ def _fingerprint(cert: x509.Certificate) -> str:
     return ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
 
 
-def _san(name: str) -> x509.GeneralName:
+def _general_name(name: str) -> x509.GeneralName:
     try:
         return x509.IPAddress(ipaddress.ip_address(name))
     except ValueError:
         return x509.DNSName(name)
+
+
+def _name_text(name: x509.GeneralName) -> str:
+    """A SAN entry as configuration writes it: addresses in their canonical form (IPv6 compressed)."""
+    return str(name.value)
+
+
+def _same_name(a: str, b: str) -> bool:
+    try:
+        return ipaddress.ip_address(a) == ipaddress.ip_address(b)
+    except ValueError:
+        return a.lower() == b.lower()  # DNS names are case-insensitive
 
 
 def _san_names(cert: x509.Certificate) -> tuple[str, ...]:
@@ -68,30 +91,56 @@ def _san_names(cert: x509.Certificate) -> tuple[str, ...]:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return ()
-    return tuple(str(n) for n in san.get_values_for_type(x509.DNSName)) + tuple(
-        str(a) for a in san.get_values_for_type(x509.IPAddress)
-    )
+    return tuple(_name_text(n) for n in san if isinstance(n, (x509.DNSName, x509.IPAddress)))
+
+
+def _unique(names: Sequence[str]) -> list[str]:
+    unique: list[str] = []
+    for name in names:
+        if not any(_same_name(name, seen) for seen in unique):
+            unique.append(name)
+    return unique
+
+
+def _make_directories(directory: Path) -> None:
+    """Create `directory` and every missing parent with mode 0700 (pathlib would give the parents 0755)."""
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for path in reversed(missing):
+        path.mkdir(mode=0o700, exist_ok=True)
 
 
 def _write_atomically(path: Path, data: bytes, mode: int) -> None:
-    """Write a file that appears whole and never with wider permissions than `mode`."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    """Write a file that appears whole under its name, and never with wider permissions than `mode`:
+    it is created with `mode` itself (the umask can only narrow it), written and synced under a temporary
+    name in the same directory, then renamed."""
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
     try:
-        os.fchmod(fd, mode)
+        os.fchmod(fd, mode)  # exactly `mode`: a umask such as 027 would leave the certificate 0640
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.rename(temp, path)
     except BaseException:
-        os.unlink(temp)
+        temp.unlink(missing_ok=True)
         raise
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)  # the rename itself survives a crash
+    finally:
+        os.close(directory)
 
 
 def _generate(certificate: Path, key: Path, names: Sequence[str]) -> ServerCertificate:
     private = rsa.generate_private_key(public_exponent=65537, key_size=DEFAULT_KEY_BITS)
     now = datetime.datetime.now(datetime.timezone.utc)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+    # iPXE and browsers match the SAN; the CN is only a label, and X.509 caps it at 64 characters.
+    label = names[0] if len(names[0]) <= _CN_MAX else "bootbroker"
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, label)])
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -100,7 +149,7 @@ def _generate(certificate: Path, key: Path, names: Sequence[str]) -> ServerCerti
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=VALID_DAYS))
-        .add_extension(x509.SubjectAlternativeName([_san(n) for n in names]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([_general_name(n) for n in names]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             # keyEncipherment: the RSA key-exchange suites that old iPXE builds use need it.
@@ -113,73 +162,112 @@ def _generate(certificate: Path, key: Path, names: Sequence[str]) -> ServerCerti
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(private, hashes.SHA256())
     )
-    for directory in {certificate.parent, key.parent}:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _write_atomically(key, private.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ), 0o600)
-    _write_atomically(certificate, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    try:
+        for directory in (key.parent, certificate.parent):
+            _make_directories(directory)
+        _write_atomically(key, private.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ), 0o600)
+        try:
+            _write_atomically(certificate, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        except BaseException:
+            key.unlink(missing_ok=True)  # half a pair would be refused at the next start
+            raise
+    except OSError as e:
+        raise ConfigError(str(certificate), [
+            f"cannot write the new certificate and key ({e}); the broker's user needs write access to "
+            f"{certificate.parent} and {key.parent}, or set [broker] certificate and key"
+        ]) from None
     log.info("generated a self-signed certificate %s for %s", certificate, ", ".join(names))
-    return ServerCertificate(certificate, key, _fingerprint(cert), tuple(names), generated=True)
+    return ServerCertificate(certificate, key, _fingerprint(cert), _san_names(cert), generated=True)
 
 
 def _load(certificate: Path, key: Path, names: Sequence[str]) -> ServerCertificate:
-    info = key.stat()
+    try:
+        info = key.stat()
+        key_pem = key.read_bytes()
+    except OSError as e:
+        raise ConfigError(str(key), [f"cannot read the key ({e.strerror}); it must be the broker's own, mode 600"]) from None
     problems = []
     if info.st_uid != os.geteuid():
-        problems.append(f"{key} belongs to uid {info.st_uid}; it must be the broker's own (chown it to uid {os.geteuid()})")
+        problems.append(f"owned by uid {info.st_uid}, not the broker's uid {os.geteuid()}; run: chown {os.geteuid()} {key}")
     if info.st_mode & 0o077:
-        problems.append(f"{key} is readable by others (mode {info.st_mode & 0o777:o}); run: chmod 600 {key}")
+        problems.append(f"group or others have access (mode {info.st_mode & 0o777:o}); run: chmod 600 {key}")
     if problems:
         raise ConfigError(str(key), problems)
+    regenerate = f"or delete it and {key} and restart to have both generated again"
     try:
         cert = x509.load_pem_x509_certificate(certificate.read_bytes())
-    except (ValueError, OSError) as e:
-        raise ConfigError(str(certificate), [f"not a readable PEM certificate ({e}); fix it, or delete it and "
-                                             f"{key} to have both generated again"]) from None
+    except OSError as e:
+        raise ConfigError(str(certificate), [f"cannot read the certificate ({e.strerror}); fix that, {regenerate}"]) from None
+    except ValueError:
+        raise ConfigError(str(certificate), [f"not a PEM certificate; restore it, {regenerate}"]) from None
     try:
-        private = serialization.load_pem_private_key(key.read_bytes(), password=None)
-    except (ValueError, TypeError, OSError) as e:
-        raise ConfigError(str(key), [f"not a readable, unencrypted PEM private key ({e})"]) from None
+        private = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError):
+        raise ConfigError(str(key), [
+            f"not an unencrypted PEM private key; restore it, or delete it and {certificate} and restart to "
+            "have both generated again"
+        ]) from None
     public = cert.public_key()
     if not isinstance(private, rsa.RSAPrivateKey) or not isinstance(public, rsa.RSAPublicKey):
-        raise ConfigError(str(key), ["the broker's key and certificate must be RSA (the keys iPXE handles)"])
+        raise ConfigError(str(key), ["the key and certificate must be RSA (the only keys iPXE handles)"])
     if private.public_key().public_numbers() != public.public_numbers():
-        raise ConfigError(str(key), [f"this key does not belong to {certificate}; restore the matching pair, "
-                                     "or delete both to have a new pair generated"])
+        raise ConfigError(str(key), [
+            f"this key does not belong to {certificate}; restore the matching pair, or delete both and "
+            "restart to have a new pair generated"
+        ])
+    if private.key_size < DEFAULT_KEY_BITS:
+        raise ConfigError(str(key), [
+            f"an RSA-{private.key_size} key is too small for TLS security level 2; use RSA-{DEFAULT_KEY_BITS}, "
+            "or delete both files and restart to have a new pair generated"
+        ])
     present = _san_names(cert)
-    missing = [n for n in names if n not in present]
+    missing = [n for n in names if not any(_same_name(n, p) for p in present)]
     if missing:
         log.warning(
-            "certificate %s does not name %s (it names %s); to get a new one, delete it and %s and restart "
-            "(workstations' iPXE must then be rebuilt with TRUST= the new certificate)",
+            "certificate %s does not name %s (it names %s), so clients using those names will refuse it; "
+            "to get one that does, delete it and %s and restart (then rebuild iPXE with TRUST= the new "
+            "certificate)",
             certificate, ", ".join(missing), ", ".join(present) or "nothing", key,
         )
     return ServerCertificate(certificate, key, _fingerprint(cert), present, generated=False)
 
 
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError as e:  # e.g. a parent directory the broker's user may not search
+        raise ConfigError(str(path), [f"cannot look at it ({e.strerror}); the broker's user needs access"]) from None
+
+
 def ensure_certificate(certificate: Path, key: Path, names: Sequence[str]) -> ServerCertificate:
-    """The broker's certificate: loaded and checked when both files exist, generated when neither does.
-    Raises ConfigError saying what to fix otherwise."""
+    """The broker's certificate: loaded and checked when both files exist, generated for `names` (DNS
+    names or IP addresses, the first also its CN) when neither does. An existing certificate is never
+    replaced; names it lacks are logged as a warning. Raises ConfigError saying what to fix otherwise."""
     if not names:
         raise ConfigError(str(certificate), ["no names to put in the certificate; set [broker] url"])
-    have_cert, have_key = certificate.exists(), key.exists()
+    have_cert, have_key = _exists(certificate), _exists(key)
     if have_cert and have_key:
         return _load(certificate, key, names)
     if not have_cert and not have_key:
-        return _generate(certificate, key, names)
+        return _generate(certificate, key, _unique(names))
     present, absent = (certificate, key) if have_cert else (key, certificate)
     raise ConfigError(str(absent), [
-        f"missing while {present} exists; restore it, or delete {present} to have both generated again"
+        f"missing while {present} exists; restore it, or delete {present} and restart to have both generated again"
     ])
 
 
 def server_context(cert: ServerCertificate) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(cert.certificate, cert.key)
-    context.set_ciphers(CIPHERS)
-    context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_COMPRESSION
+    context.set_ciphers(CIPHERS)  # first: it sets the security level the key is checked against
+    try:
+        context.load_cert_chain(cert.certificate, cert.key)
+    except (ssl.SSLError, OSError) as e:
+        raise ConfigError(str(cert.certificate), [f"OpenSSL refuses the certificate or key: {e}"]) from None
+    # iPXE never renegotiates; refusing it removes a cheap way for a client to make the server work.
+    context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
     return context
 
 
@@ -188,5 +276,5 @@ def describe(cert: ServerCertificate) -> str:
         f"certificate {cert.certificate}",
         f"  names: {', '.join(cert.names)}",
         f"  SHA-256 fingerprint: {cert.fingerprint}",
-        f"  workstations verify it through iPXE built with TRUST={cert.certificate} (see ipxe/README.md)",
+        f"  build the workstations' iPXE with TRUST={cert.certificate} so they can verify it (see ipxe/README.md)",
     ))
