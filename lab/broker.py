@@ -49,7 +49,8 @@ class Answer:
 class BrokerDeployment:
     """`bootbroker serve` in the VM for the helper `helper` (which must already run), and its client."""
 
-    def __init__(self, helper: Deployment, *, failure_delay: float = 0.5, insecure_http: bool = False) -> None:
+    def __init__(self, helper: Deployment, *, failure_delay: float = 0.5, insecure_http: bool = False,
+                 url: str | None = None) -> None:
         self.helper = helper
         self.lab: Lab = helper.lab
         self.insecure_http = insecure_http
@@ -64,7 +65,8 @@ class BrokerDeployment:
         self._spawned: SpawnHandle | None = None  # kept after stop(), for log()
         self._final_log: str | None = None
         guest_port = GUEST_PORTS["http" if insecure_http else "broker"]
-        self.url = f"http://{GUEST_IP}:{guest_port}" if insecure_http else f"https://{HOST_NAME}:{guest_port}"
+        # the broker's URL as workstations see it (a client VM sees other addresses than the host's curl)
+        self.url = url or (f"http://{GUEST_IP}:{guest_port}" if insecure_http else f"https://{HOST_NAME}:{guest_port}")
         self._listen = f"0.0.0.0:{guest_port}"
 
     @property

@@ -47,8 +47,9 @@ class Grant:
 class Deployment:
     """One helper in the VM with its own store, socket and configuration."""
 
-    def __init__(self, lab: Lab, backend: str, store: str) -> None:
+    def __init__(self, lab: Lab, backend: str, store: str, advertise: str = "10.0.2.15:3260") -> None:
         self.lab = lab
+        self.advertise = advertise  # the iSCSI portal boot scripts name
         self.backend = backend
         self.store = store
         self.config = f"/etc/bootbroker/{backend}.toml"
@@ -70,7 +71,7 @@ socket = "{self.socket}"
 domain = "{self.domain}"
 date = "2026-11"
 portals = ["0.0.0.0:3260"]
-advertise = ["10.0.2.15:3260"]
+advertise = ["{self.advertise}"]
 
 [images.demo]
 description = "Demo disk"
