@@ -161,7 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     add("helper", cmd_helper, "run the privileged helper daemon (root): overlays, LIO targets, sessions")
-    add("serve", cmd_serve, "run the HTTPS broker that iPXE talks to (unprivileged; generates its certificate on first start)")
+    serve = add("serve", cmd_serve, "run the HTTPS broker that iPXE talks to (unprivileged; generates its certificate on first start)")
+    serve.epilog = (
+        "Reads [broker] and [images.*] from the configuration and listens on [broker] listen. On every start it "
+        "prints the certificate's SHA-256 fingerprint (build iPXE with ipxe/build.py --trust that certificate). "
+        "Asks PAM service [broker] pam_service; reaches the helper at [helper] socket. Stops on SIGTERM or Ctrl-C."
+    )
     add("check-config", cmd_check_config, "validate the configuration file and summarise it")
     for name, handler, text in (
         ("start-session", cmd_start_session, "start a boot session by hand and print its CHAP credentials (root or broker)"),

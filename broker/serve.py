@@ -79,9 +79,7 @@ async def run(config: Config, broker: BrokerConfig) -> None:
             "in clear text. This switch exists for the VM lab only."
         )
     else:
-        certificate = ensure_certificate(broker.certificate, broker.key, broker.names)
-        if certificate.generated:
-            print(f"bootbroker serve: generated a self-signed certificate", file=sys.stderr)
+        certificate = ensure_certificate(broker.certificate, broker.key, broker.names)  # logs when it generates
         print(describe(certificate), file=sys.stderr)
         ssl_context = server_context(certificate)
     runner = web.AppRunner(build_app(config, broker), access_log_class=AccessLogger, **HANDLER_LIMITS)
