@@ -25,6 +25,8 @@ HOST_PACKAGES = (
     "btrfs-progs", "xfsprogs", "e2fsprogs", "dmsetup", "kmod", "cpio",
     # the broker's tests: TLS handshakes (openssl s_client), HTTP clients, the iPXE build helper's make
     "openssl", "curl", "make", "libpam-modules",
+    # the bootable golden image the lab's iPXE workstations boot (lab/golden.py)
+    "extlinux", "syslinux-common", "fdisk",
 )
 
 # The metapackage tracks the current Debian 12 kernel ABI; we boot the package it depends on.

@@ -73,6 +73,11 @@ class IpxeClient:
             time.sleep(0.5)
         raise AssertionError(f"{text!r} did not appear within {timeout:.0f} s; the screen ends:\n{self.screen()[-3000:]}")
 
+    def wait_for_exit(self, timeout: float = 120) -> int:
+        """Wait for the VM to power itself off; returns qemu's exit status."""
+        assert self.process is not None
+        return self.process.wait(timeout=timeout)
+
     def keys(self, *names: str) -> None:
         with socket.socket(socket.AF_UNIX) as monitor:
             monitor.connect(str(self.monitor))
