@@ -14,7 +14,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .store import write_atomically
+from .files import write_atomically
 
 FORMAT = 1
 

@@ -26,7 +26,6 @@ import hashlib
 import ipaddress
 import logging
 import os
-import secrets
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .errors import ConfigError
+from .files import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -112,29 +112,6 @@ def _make_directories(directory: Path) -> None:
         path.mkdir(mode=0o700, exist_ok=True)
 
 
-def _write_atomically(path: Path, data: bytes, mode: int) -> None:
-    """Write a file that appears whole under its name, and never with wider permissions than `mode`:
-    it is created with `mode` itself (the umask can only narrow it), written and synced under a temporary
-    name in the same directory, then renamed."""
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
-    try:
-        os.fchmod(fd, mode)  # exactly `mode`: a umask such as 027 would leave the certificate 0640
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(directory)  # the rename itself survives a crash
-    finally:
-        os.close(directory)
-
-
 def _generate(certificate: Path, key: Path, names: Sequence[str]) -> ServerCertificate:
     private = rsa.generate_private_key(public_exponent=65537, key_size=DEFAULT_KEY_BITS)
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -165,11 +142,11 @@ def _generate(certificate: Path, key: Path, names: Sequence[str]) -> ServerCerti
     try:
         for directory in (key.parent, certificate.parent):
             _make_directories(directory)
-        _write_atomically(key, private.private_bytes(
+        write_atomically(key, private.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         ), 0o600)
         try:
-            _write_atomically(certificate, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+            write_atomically(certificate, cert.public_bytes(serialization.Encoding.PEM), 0o644)
         except BaseException:
             key.unlink(missing_ok=True)  # half a pair would be refused at the next start
             raise

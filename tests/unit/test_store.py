@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from broker.errors import BadIdentifier, Conflict, UnknownImage
-from broker.store import OverlayMeta, Store, write_atomically
+from broker.files import write_atomically
+from broker.store import OverlayMeta, Store
 
 
 @pytest.fixture

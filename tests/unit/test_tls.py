@@ -165,14 +165,14 @@ def test_no_names_is_refused(tmp_path: Path) -> None:
 
 def test_a_failed_write_leaves_no_half_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cert_path, key_path = pair(tmp_path)
-    write = broker.tls._write_atomically
+    write = broker.tls.write_atomically
 
     def fail_on_certificate(path: Path, data: bytes, mode: int) -> None:
         if path == cert_path:
             raise OSError(28, "No space left on device")
         write(path, data, mode)
 
-    monkeypatch.setattr(broker.tls, "_write_atomically", fail_on_certificate)
+    monkeypatch.setattr(broker.tls, "write_atomically", fail_on_certificate)
     with pytest.raises(ConfigError, match="No space left on device"):
         ensure_certificate(cert_path, key_path, NAMES)
     assert list(cert_path.parent.iterdir()) == []
