@@ -8,7 +8,6 @@ interfaces so the web tests can use fakes: an `Authenticator` (PAM in production
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import re
 import time
@@ -63,10 +62,7 @@ class Grant:
     @classmethod
     def from_helper(cls, data: dict[str, Any]) -> Grant:
         try:
-            portals = []
-            for text in data["portals"]:
-                host, _, port = str(text).rpartition(":")
-                portals.append(Portal(str(ipaddress.ip_address(host.strip("[]"))), int(port)))
+            portals = [Portal.parse(str(text)) for text in data["portals"]]
             grant = cls(
                 data["target_iqn"], data["lun"], tuple(portals), data["initiator_iqn"], data["chap_user"],
                 data["chap_secret"],

@@ -78,7 +78,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"  portals    {', '.join(map(str, config.iscsi.portals))} (advertised: {', '.join(map(str, config.iscsi.advertise))})")
     if config.broker is not None:
         b = config.broker
-        listen = ", ".join(f"{x.host}:{x.port}" for x in b.listen)
+        listen = ", ".join(map(str, b.listen))
         print(f"  broker     {b.url} on {listen}{' (INSECURE plain HTTP)' if b.insecure_http else ''}, PAM service {b.pam_service!r}")
     else:
         print("  broker     no [broker] section: `serve` cannot run with this file")

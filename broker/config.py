@@ -38,6 +38,15 @@ class Portal:
     def is_wildcard(self) -> bool:
         return ipaddress.ip_address(self.host).is_unspecified
 
+    @classmethod
+    def parse(cls, text: str) -> Portal:
+        """ADDRESS:PORT, an IPv6 address in brackets; ValueError if it is not one."""
+        host, sep, port_text = text.rpartition(":")
+        portal = cls(str(ipaddress.ip_address(host.strip("[]"))), int(port_text))
+        if not sep or not 0 < portal.port < 65536:
+            raise ValueError(f"{text!r} is not ADDRESS:PORT")
+        return portal
+
 
 @dataclass(frozen=True)
 class StoreConfig:
@@ -86,12 +95,6 @@ class ImageConfig:
 
 
 @dataclass(frozen=True)
-class Listen:
-    host: str
-    port: int
-
-
-@dataclass(frozen=True)
 class LoginLimits:
     """Failed-login rate limiting: after `user_failures` failures of one user name, or `address_failures`
     from one client address, within `window` seconds, further attempts are refused without asking PAM.
@@ -107,7 +110,7 @@ class LoginLimits:
 @dataclass(frozen=True)
 class BrokerConfig:
     url: str  # how workstations reach the broker, e.g. https://boot.example.org
-    listen: tuple[Listen, ...]
+    listen: tuple[Portal, ...]  # where the broker listens
     names: tuple[str, ...]  # the certificate's names: the URL's host first, then the extra names
     certificate: Path
     key: Path
@@ -176,21 +179,18 @@ def _absolute_path(reader: _Reader, section: str, key: str, text: str | None) ->
     return Path(text)
 
 
-def _portals(reader: _Reader, key: str, items: list[Any] | None, allow_wildcard: bool) -> tuple[Portal, ...]:
+def _portals(
+    reader: _Reader, section: str, key: str, items: list[Any] | None, allow_wildcard: bool, example: str
+) -> tuple[Portal, ...]:
     portals = []
     for item in items or []:
-        host, sep, port_text = str(item).rpartition(":")
-        host = host.strip("[]")
         try:
-            portal = Portal(host, int(port_text))
-            wildcard = portal.is_wildcard
-            if not sep or not 0 < portal.port < 65536:
-                raise ValueError
+            portal = Portal.parse(str(item))
         except ValueError:
-            reader.problems.append(f"[iscsi] {key}: {item!r} is not ADDRESS:PORT (e.g. \"192.0.2.10:3260\")")
+            reader.problems.append(f"[{section}] {key}: {item!r} is not ADDRESS:PORT (e.g. \"{example}\")")
             continue
-        if wildcard and not allow_wildcard:
-            reader.problems.append(f"[iscsi] {key}: {item!r} is a wildcard; clients need a real address")
+        if portal.is_wildcard and not allow_wildcard:
+            reader.problems.append(f"[{section}] {key}: {item!r} is a wildcard; clients need a real address")
             continue
         portals.append(portal)
     return tuple(portals)
@@ -288,19 +288,8 @@ def _broker(r: _Reader, table: dict[str, Any]) -> BrokerConfig:
     })
     insecure_http = r.value("broker", table, "insecure_http", bool, False)
     url, host = _url(r, r.value("broker", table, "url", str), insecure_http)
-    listen = []
     listen_raw = r.value("broker", table, "listen", list, ["0.0.0.0:443"])
-    for item in listen_raw:
-        address, sep, port_text = str(item).rpartition(":")
-        try:
-            ipaddress.ip_address(address.strip("[]"))
-            port = int(port_text)
-            if not sep or not 0 < port < 65536:
-                raise ValueError
-        except ValueError:
-            r.problems.append(f"[broker] listen: {item!r} is not ADDRESS:PORT (e.g. \"0.0.0.0:443\")")
-            continue
-        listen.append(Listen(address.strip("[]"), port))
+    listen = _portals(r, "broker", "listen", listen_raw, allow_wildcard=True, example="0.0.0.0:443")
     if not listen_raw:
         r.problems.append("[broker] listen: list at least one ADDRESS:PORT")
     names = [host]
@@ -326,7 +315,7 @@ def _broker(r: _Reader, table: dict[str, Any]) -> BrokerConfig:
     )
     return BrokerConfig(
         url=url,
-        listen=tuple(listen),
+        listen=listen,
         names=tuple(names),
         certificate=_absolute_path(r, "broker", "certificate", r.value("broker", table, "certificate", str, "/var/lib/bootbroker/tls/broker.crt")),
         key=_absolute_path(r, "broker", "key", r.value("broker", table, "key", str, "/var/lib/bootbroker/tls/broker.key")),
@@ -388,11 +377,11 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Config:
     if date is not None and not IQN_DATE.fullmatch(date):
         r.problems.append(f"[iscsi] date: {date!r} is not YYYY-MM (a month the domain was yours)")
     portals_raw = r.value("iscsi", iscsi_t, "portals", list)
-    portals = _portals(r, "portals", portals_raw, allow_wildcard=True)
+    portals = _portals(r, "iscsi", "portals", portals_raw, allow_wildcard=True, example="192.0.2.10:3260")
     if portals_raw == []:
         r.problems.append("[iscsi] portals: list at least one ADDRESS:PORT for LIO to listen on")
     advertise_raw = r.value("iscsi", iscsi_t, "advertise", list, [])
-    advertise = _portals(r, "advertise", advertise_raw, allow_wildcard=False)
+    advertise = _portals(r, "iscsi", "advertise", advertise_raw, allow_wildcard=False, example="192.0.2.10:3260")
     if not advertise_raw:
         if any(p.is_wildcard for p in portals):
             r.problems.append("[iscsi] advertise: required when a portal is a wildcard; list the addresses clients use")
