@@ -197,13 +197,14 @@ class BootFlow:
         A failure of any kind (unknown user, wrong password, too many attempts) is answered no sooner
         than `failure_delay` after the request arrived, so the answer's timing tells nothing."""
         started = self._clock()
+        key = user[:64]  # every valid name fits; longer ones share the limiter's key (and the log) by prefix
         try:
-            wait = self.limiter.retry_after(user, address)
+            wait = self.limiter.retry_after(key, address)
             if wait > 0:
-                raise TooManyAttempts(f"login of {user!r} from {address} refused: too many failures", wait)
+                raise TooManyAttempts(f"login of {key!r} from {address} refused: too many failures", wait)
             if not USER_NAME.fullmatch(user) or not await self.authenticator.authenticate(user, password):
-                self.limiter.failed(user[:64], address)
-                raise LoginFailed(f"login of {user[:64]!r} from {address} failed")
+                self.limiter.failed(key, address)
+                raise LoginFailed(f"login of {key!r} from {address} failed")
         except (LoginFailed, TooManyAttempts):
             await asyncio.sleep(max(0.0, started + self.broker.limits.failure_delay - self._clock()))
             raise

@@ -153,6 +153,14 @@ async def test_failed_logins_are_limited_per_user(make_client: Any) -> None:
     assert (await client.get("/login.ipxe", headers=basic("bob", "builder"))).status == 200
 
 
+async def test_failed_logins_of_an_overlong_name_are_limited_like_any_other(make_client: Any) -> None:
+    client = await make_client()
+    name = "x" * 100  # longer than any valid name
+    for _ in range(3):
+        assert (await client.get("/login.ipxe", headers=basic(name, "wrong"))).status == 401
+    assert (await client.get("/login.ipxe", headers=basic(name, "wrong"))).status == 429
+
+
 async def test_failed_logins_are_limited_per_address(make_client: Any) -> None:
     client = await make_client()
     for i in range(10):
