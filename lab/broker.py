@@ -78,6 +78,7 @@ class BrokerDeployment:
         return self.helper.config_text() + f"""
 [broker]
 url = "{self.url}"
+names = ["{HOST_NAME}"]
 listen = ["{self._listen}"]
 certificate = "{self.certificate}"
 key = "{self.key}"

@@ -42,17 +42,23 @@ MODULES = (
 )
 
 INIT_SCRIPT = Path(__file__).with_name("init")
+# The golden image's own initramfs (lab/golden.py): it prints the iBFT that iPXE left for the OS.
+GOLDEN_INIT = Path(__file__).with_name("golden-init")
+GOLDEN_MODULES = ("iscsi_ibft",)
 BUSYBOX = Path("/bin/busybox")
 
 
 @dataclass(frozen=True)
 class Build:
-    """What qemu boots: the kernel image, the initramfs, and the full module tree for the guest."""
+    """What qemu boots: the kernel image, the initramfs, and the full module tree for the guest; and the
+    kernel (bzImage) and initramfs that the lab's bootable golden image carries."""
 
     kernel: Path
     initrd: Path
     modules: Path
     version: str
+    bzimage: Path
+    golden_initrd: Path
 
 
 class BuildError(RuntimeError):
@@ -74,11 +80,14 @@ def ensure_build(cache: Path | None = None) -> Build:
     cache.mkdir(parents=True, exist_ok=True)
     root, version = ensure_kernel(cache, *kernel_package())
     modules = root / "lib" / "modules" / version
+    bzimage = root / "boot" / f"vmlinuz-{version}"
     return Build(
-        kernel=ensure_vmlinux(root / "boot" / f"vmlinuz-{version}"),
+        kernel=ensure_vmlinux(bzimage),
         initrd=ensure_initrd(cache, modules, version),
         modules=modules,
         version=version,
+        bzimage=bzimage,
+        golden_initrd=ensure_initrd(cache, modules, version, GOLDEN_INIT, GOLDEN_MODULES, "golden-initrd"),
     )
 
 
@@ -196,6 +205,42 @@ def _download(package: str, version: str, into: Path) -> Path:
     return next(into.glob(f"{package}_*.deb"))
 
 
+# Debian 13's iPXE has HTTPS (Debian 12's has not). Its packages come from a trixie source list kept in a
+# private apt directory under the cache: the host's own apt sources and state are never touched.
+TRIXIE_SOURCES = (
+    "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main\n"
+)
+TRIXIE_IPXE = "ipxe-qemu"
+
+
+def ensure_trixie_ipxe(cache: Path | None = None) -> Path:
+    """Debian 13's iPXE NIC ROMs (ipxe-qemu), unpacked; returns the directory holding pxe-virtio.rom."""
+    cache = cache or cache_dir()
+    apt_dir = cache / "apt-trixie"
+    unpacked = cache / "ipxe-trixie"
+    roms = unpacked / "usr" / "share" / "qemu"
+    if (roms / "pxe-virtio.rom").exists():
+        return roms
+    for sub in ("lists/partial", "archives/partial"):
+        (apt_dir / sub).mkdir(parents=True, exist_ok=True)
+    (apt_dir / "sources.list").write_text(TRIXIE_SOURCES)
+    private = [
+        "-o", f"Dir::Etc::SourceList={apt_dir / 'sources.list'}", "-o", "Dir::Etc::SourceParts=/dev/null",
+        "-o", f"Dir::State::Lists={apt_dir / 'lists'}", "-o", f"Dir::Cache={apt_dir}",
+        "-o", "Dir::State::Status=/dev/null", "-o", "APT::Sandbox::User=root",
+    ]
+    log(f"apt-get update for Debian 13 (trixie) in {apt_dir}, the host's apt is not touched")
+    _apt(["apt-get", *private, "update"])
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        log(f"downloading Debian 13's {TRIXIE_IPXE}")
+        _apt(["apt-get", *private, "download", TRIXIE_IPXE], cwd=Path(tmp))
+        deb = next(Path(tmp).glob(f"{TRIXIE_IPXE}_*.deb"))
+        _run(["dpkg", "-x", str(deb), f"{tmp}/root"])
+        shutil.rmtree(unpacked, ignore_errors=True)
+        Path(tmp, "root").rename(unpacked)  # last: an interrupted unpack is never mistaken for a finished one
+    return roms
+
+
 def _prune(cache: Path, keep: str, pattern: str) -> None:
     for old in cache.glob(pattern):
         if old.name != keep:
@@ -206,10 +251,10 @@ def _prune(cache: Path, keep: str, pattern: str) -> None:
                 old.unlink()
 
 
-def module_files(modules: Path, version: str) -> list[Path]:
-    """Every .ko to insmod, dependencies first, built-in modules left out."""
+def module_files(modules: Path, version: str, names: tuple[str, ...] = MODULES) -> list[Path]:
+    """Every .ko to insmod for `names`, dependencies first, built-in modules left out."""
     ordered: list[Path] = []
-    for name in MODULES:
+    for name in names:
         out = _run(
             ["modprobe", "-d", str(modules.parents[2]), "-S", version, "--show-depends", name],
             capture_output=True,
@@ -222,34 +267,36 @@ def module_files(modules: Path, version: str) -> list[Path]:
     return ordered
 
 
-def ensure_initrd(cache: Path, modules: Path, version: str) -> Path:
-    """The busybox initramfs; its name is a hash of its inputs, so a change means a rebuild."""
-    files = module_files(modules, version)
+def ensure_initrd(cache: Path, modules: Path, version: str, init: Path = INIT_SCRIPT,
+                  names: tuple[str, ...] = MODULES, prefix: str = "initrd") -> Path:
+    """A busybox initramfs running `init` with the modules `names`; its name is a hash of its inputs, so a
+    change means a rebuild."""
+    files = module_files(modules, version, names)
     digest = hashlib.sha256()
-    for part in (INIT_SCRIPT, BUSYBOX, *files):
+    for part in (init, BUSYBOX, *files):
         # Names and contents, not paths: clones elsewhere share one cached initramfs.
         digest.update(part.name.encode() + b"\0" + part.read_bytes())
-    initrd = cache / f"initrd-{digest.hexdigest()[:16]}.img"
+    initrd = cache / f"{prefix}-{digest.hexdigest()[:16]}.img"
     if not initrd.exists():
         log(f"building {initrd.name} ({len(files)} modules)")
         tmp = initrd.with_suffix(".tmp")
-        tmp.write_bytes(gzip.compress(_cpio(files), compresslevel=6))
+        tmp.write_bytes(gzip.compress(_cpio(files, init), compresslevel=6))
         tmp.rename(initrd)
-        _prune(cache, keep=initrd.name, pattern="initrd-*")
+        _prune(cache, keep=initrd.name, pattern=f"{prefix}-*")
     return initrd
 
 
-def _cpio(files: list[Path]) -> bytes:
+def _cpio(files: list[Path], init: Path) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         stage = Path(tmp)
         (stage / "bin").mkdir()
         (stage / "modules").mkdir()
         shutil.copy2(BUSYBOX, stage / "bin" / "busybox")
-        shutil.copy2(INIT_SCRIPT, stage / "init")
+        shutil.copy2(init, stage / "init")
         (stage / "init").chmod(0o755)
         for ko in files:
             shutil.copy2(ko, stage / "modules" / ko.name)
-        # lab/init loads the modules in this order.
+        # init loads the modules in this order.
         (stage / "modules" / "order").write_text("".join(f"{ko.name}\n" for ko in files))
         names = sorted(str(p.relative_to(stage)) for p in stage.rglob("*"))
         listing = "".join(f"{name}\n" for name in names).encode()

@@ -138,6 +138,22 @@ users = ["*"]
         """Evaluate a Python expression against configfs in the VM (read-only inspection)."""
         return self.lab.run([str(self.lab.python), "-c", python]).stdout.strip()
 
+    def target_iqn(self, image: str, label: str) -> str:
+        """The IQN the helper gives the target of `label`'s overlay of `image` (date and domain as configured)."""
+        return f"iqn.2026-11.{'.'.join(reversed(self.domain.split('.')))}:{image}.{label}"
+
+    def initiators(self, target_iqn: str) -> dict[str, bool]:
+        """The initiators a target's ACLs allow, each with whether it is logged in now (LIO's acls/*/info)."""
+        acls = f"/sys/kernel/config/target/iscsi/{target_iqn}/tpgt_1/acls"
+        listing = self.lab.run(["sh", "-c", f'for a in {acls}/*/; do echo "== $a"; cat "$a/info"; done']).stdout
+        found: dict[str, bool] = {}
+        for block in listing.split("== ")[1:]:
+            path, _, info = block.partition("\n")
+            if path.endswith("*/"):
+                continue  # no ACL at all: the glob stayed as it was
+            found[path.rstrip("/").rsplit("/", 1)[1]] = "TARG_SESS_STATE_LOGGED_IN" in info
+        return found
+
     def snapshot(self) -> str:
         """A fingerprint of everything the helper may change: files in the store and LIO's tree."""
         files = self.lab.run(["sh", "-c", f"cd {self.store} && find . -printf '%p %s %m\\n' | sort"]).stdout

@@ -1,4 +1,5 @@
-"""A workstation for the lab: a qemu VM that netboots Debian 12's iPXE (the ipxe-qemu NIC ROM).
+"""A workstation for the lab: a qemu VM that netboots iPXE from its NIC ROM (Debian 12's ipxe-qemu, or
+another build's ROM, such as Debian 13's with HTTPS).
 
 Its console is on a serial port written to a file (SeaBIOS and iPXE print there with graphics=off); the
 test types on its keyboard through the qemu monitor's `sendkey`, as a person would. Its user network is
@@ -13,35 +14,49 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from lab.vm import Lab
 
-CLIENT_SIDE = "10.0.2.100"  # where the client VM finds the broker (port 8080) and iSCSI (port 3260)
+CLIENT_SIDE = "10.0.2.100"  # where the client VM finds the broker (8080 HTTP, 8443 HTTPS) and iSCSI (3260)
 GUESTFWD = Path(__file__).with_name("guestfwd.py")
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b.")
+PROGRESS_EVERY = 20.0  # seconds
 KEYS = {"-": "minus", ".": "dot", " ": "spc", "_": "shift-minus", "@": "shift-2", "/": "slash"}
 
 
 class IpxeClient:
-    def __init__(self, lab: Lab, name: str = "client") -> None:
+    """One workstation with the network card `nic`; `rom` replaces its iPXE ROM (Debian 13's virtio ROM
+    expects the modern virtio device ID that Debian 12's qemu does not give, so it uses e1000); `capture`
+    records its network traffic (pcap)."""
+
+    def __init__(self, lab: Lab, name: str = "client", *, nic: str = "virtio-net-pci", rom: Path | None = None,
+                 capture: bool = False) -> None:
         self.lab = lab
         self.dir = lab.work_dir / name
         self.console = self.dir / "console.log"
         self.monitor = self.dir / "monitor.sock"
+        self.nic = nic
+        self.rom = rom
+        self.capture = self.dir / "network.pcap" if capture else None
         self.process: subprocess.Popen[bytes] | None = None
+        # Called with a line every PROGRESS_EVERY seconds of a long wait (the demo prints it).
+        self.progress: Callable[[str], None] | None = None
 
     def argv(self, bootfile: str) -> list[str]:
         forwards = [
             f"guestfwd=tcp:{CLIENT_SIDE}:{guest}-cmd:{sys.executable} {GUESTFWD} {host}"
-            for guest, host in ((8080, self.lab.http_port), (3260, self.lab.iscsi_port))
+            for guest, host in ((8080, self.lab.http_port), (8443, self.lab.broker_port), (3260, self.lab.iscsi_port))
         ]
+        nic = f"{self.nic},netdev=net0" + (f",romfile={self.rom}" if self.rom else "")
+        dump = ["-object", f"filter-dump,id=dump0,netdev=net0,file={self.capture}"] if self.capture else []
         return [
             "qemu-system-x86_64", "-accel", "tcg", "-m", "256", "-machine", "pc,graphics=off",
             "-display", "none", "-serial", f"file:{self.console}",
             "-monitor", f"unix:{self.monitor},server,nowait",
             "-netdev", ",".join(["user,id=net0,restrict=on", f"bootfile={bootfile}", *forwards]),
-            "-device", "virtio-net-pci,netdev=net0", "-boot", "n", "-no-reboot",
+            "-device", nic, *dump, "-boot", "n", "-no-reboot",
         ]
 
     def start(self, bootfile: str) -> None:
@@ -62,8 +77,12 @@ class IpxeClient:
 
     def wait_for(self, text: str, timeout: float = 120, after: int = 0) -> int:
         """Wait until `text` appears on the console after position `after`; returns where it ends."""
-        deadline = time.monotonic() + timeout
+        start = time.monotonic()
+        deadline, told = start + timeout, start
         while time.monotonic() < deadline:
+            if self.progress is not None and time.monotonic() - told >= PROGRESS_EVERY:
+                told = time.monotonic()
+                self.progress(f"{self.dir.name}: waiting for {text!r} ({told - start:.0f} s)")
             screen = self.screen()
             found = screen.find(text, after)
             if found >= 0:
@@ -89,3 +108,38 @@ class IpxeClient:
 
     def type(self, text: str) -> None:
         self.keys(*(KEYS.get(c, f"shift-{c.lower()}" if c.isupper() else c) for c in text))
+
+    # What a person does at the workstation: the broker's entry menu, its login form, its disk menu, and
+    # the `boot:` prompt of the lab's golden image (lab/golden.py).
+
+    def choose_log_in(self, after: int = 0) -> int:
+        """At the entry menu (its default is the local disk), choose "Log in"; returns where the form starts."""
+        at = self.wait_for("Boot the local disk", timeout=180, after=after)
+        self.keys("up", "ret")
+        return self.wait_for("Username:", after=at)
+
+    def fill_in(self, user: str | None, password: str) -> None:
+        """Type the user name (None: keep the one shown) and the password, and send the form."""
+        if user is not None:
+            self.type(user)
+        self.keys("tab")
+        self.type(password)
+        self.keys("ret")
+
+    def log_in(self, user: str, password: str, after: int = 0) -> int:
+        """From the entry menu to the user's disk menu; returns where the menu ends."""
+        at = self.choose_log_in(after)
+        self.fill_in(user, password)
+        return self.wait_for(f"{user}: choose your disk", after=at)
+
+    def boot_first_disk(self, after: int = 0) -> int:
+        """At the disk menu, take the default (the first image) and wait for the disk's `boot:` prompt."""
+        self.keys("ret")
+        at = self.wait_for("Registered SAN device 0x80", after=after)  # the iSCSI login with the script's CHAP
+        at = self.wait_for("Booting from SAN device 0x80", after=at)
+        return self.wait_for("boot:", after=at)
+
+    def command(self, text: str) -> None:
+        """Type a command at the golden image's `boot:` prompt."""
+        self.type(text)
+        self.keys("ret")

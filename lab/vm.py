@@ -92,6 +92,7 @@ class Lab:
         self._qemu: subprocess.Popen[bytes] | None = None
         self._ports: dict[str, int] = {}
         self._token = ""
+        self.build: Build | None = None  # what the VM booted from, once started
 
     @property
     def repo(self) -> Path:
@@ -138,7 +139,7 @@ class Lab:
         """Build if needed, make fresh disks, boot, and wait until the agent answers."""
         if self._qemu is not None:
             raise LabError("the lab is already running")
-        build = ensure_build(self.cache_dir)
+        build = self.build = ensure_build(self.cache_dir)
         self._check_paths(build)
         if self._work_dir is None:
             # Next to the cache: the host's /tmp may be a small tmpfs, and the disks grow.

@@ -8,6 +8,7 @@ restricted user network, so the helper advertises the portal the client sees.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -53,47 +54,33 @@ def client(lab: Lab) -> Iterator[IpxeClient]:
         workstation.stop()
 
 
-def log_in(client: IpxeClient, broker: BrokerDeployment, user: str, at: int = 0) -> int:
-    """From the entry menu: choose "Log in", type the user's name and password, wait for the menu."""
-    at = client.wait_for("Boot the local disk", timeout=180, after=at)
-    client.keys("up", "ret")  # from the default (local disk) to "Log in"
-    at = client.wait_for("Username:", after=at)
-    client.type(user)
-    client.keys("tab")
-    client.type(broker.passwords[user])
-    client.keys("ret")
-    return client.wait_for(f"{user}: choose your disk", after=at)
+def boot(client: IpxeClient, broker: BrokerDeployment, user: str) -> int:
+    """A fresh workstation: log in as `user`, boot the default image, up to the disk's `boot:` prompt."""
+    client.start(f"{broker.url}/boot.ipxe")
+    return client.boot_first_disk(client.log_in(user, broker.passwords[user]))
 
 
 def boot_and_read_mark(client: IpxeClient, broker: BrokerDeployment, user: str) -> str:
-    """A fresh workstation: log in, boot the default image, return the line its disk prints."""
-    client.start(f"{broker.url}/boot.ipxe")
-    at = log_in(client, broker, user)
-    client.keys("ret")  # the default: the first image
-    at = client.wait_for("Registered SAN device 0x80", after=at)  # iSCSI login with the script's CHAP
-    at = client.wait_for("Booting from SAN device 0x80", after=at)
-    client.wait_for("mark", after=at)
-    client.wait_for_exit()  # the disk's SYSLINUX powers the workstation off after showing its mark
-    screen = client.screen()[at:]
-    return next(line.strip() for line in screen.splitlines() if "mark" in line)
+    """Boot as `user`, return the mark line the disk prints, power the workstation off."""
+    at = boot(client, broker, user)
+    mark = golden.shown_mark(client.screen()[:at])
+    client.command("off")
+    client.wait_for_exit()
+    return mark
 
 
 def test_a_wrong_password_at_a_real_ipxe_shows_the_message_and_the_login_prompt_again(
     broker: BrokerDeployment, client: IpxeClient
 ) -> None:
+    before = broker.helper.snapshot()  # the store's files and LIO's whole tree
     client.start(f"{broker.url}/boot.ipxe")
-    at = client.wait_for("Boot the local disk", timeout=180)
-    client.keys("up", "ret")
-    at = client.wait_for("Username:", after=at)
-    client.type("student1")
-    client.keys("tab")
-    client.type("not-the-password")
-    client.keys("ret")
+    at = client.choose_log_in()
+    client.fill_in("student1", "not-the-password")
     at = client.wait_for("Wrong user name or password.", after=at)
     at = client.wait_for("Username:", after=at, timeout=60)  # back at the login prompt, name kept
-    client.keys("tab")
-    client.type(broker.passwords["student1"])
-    client.keys("ret")
+    # The wrong password reached no target: no overlay, target, ACL or session was made or touched.
+    assert broker.helper.snapshot() == before
+    client.fill_in(None, broker.passwords["student1"])
     client.wait_for("student1: choose your disk", after=at)
     assert broker.passwords["student1"] not in client.screen()  # typed, never shown
     assert "login_failed: login of 'student1'" in broker.log()
@@ -115,3 +102,46 @@ def test_each_user_boots_their_own_disk_and_it_persists(broker: BrokerDeployment
         finally:
             workstation.stop()
     assert "boot of demo by student2" in broker.log()
+
+
+def refusals(lab: Lab, initiator: str) -> int:
+    """How many times LIO refused a login of `initiator` (the kernel log)."""
+    return lab.run(["dmesg"]).stdout.count(f"Initiator Node: {initiator} is not authorized")
+
+
+def test_one_writer_a_second_workstation_of_the_same_user_takes_the_disk_and_the_os_gets_the_ibft(
+    broker: BrokerDeployment, lab: Lab
+) -> None:
+    helper = broker.helper
+    target = helper.target_iqn("demo", "student1")
+    first, second = IpxeClient(lab, "writer-1"), IpxeClient(lab, "writer-2")
+    try:
+        boot(first, broker, "student1")
+        (first_initiator, logged_in), = helper.initiators(target).items()
+        assert logged_in  # the first workstation is on its disk, waiting at the disk's prompt
+
+        at = boot(second, broker, "student1")  # the same user at another workstation
+        (second_initiator, logged_in), = helper.initiators(target).items()
+        assert second_initiator != first_initiator and logged_in  # the first one's ACL is gone
+
+        refused = refusals(lab, first_initiator)
+        before = len(first.screen())
+        first.command("show")  # the first workstation reads its disk again: cat.c32, mark.txt
+        deadline = time.monotonic() + 120
+        while refusals(lab, first_initiator) == refused and time.monotonic() < deadline:
+            time.sleep(2)
+        assert refusals(lab, first_initiator) > refused  # iPXE tried its old login; LIO refused it
+        assert "mark" not in first.screen()[before:]  # and it read nothing from the disk
+
+        second.command("ibft")  # the OS on the disk: what iPXE told it in the iBFT
+        at = second.wait_for("golden OS: powering off", after=at, timeout=300)
+        assert second.wait_for_exit() == 0
+        ibft = second.screen()
+        assert f"iBFT initiator {second_initiator}" in ibft
+        assert f"iBFT target {target} lun" in ibft
+        assert f"iBFT portal {CLIENT_SIDE}:3260" in ibft
+        assert "iBFT CHAP user student1" in ibft
+        assert broker.passwords["student1"] not in ibft
+    finally:
+        first.stop()
+        second.stop()

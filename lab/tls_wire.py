@@ -1,0 +1,134 @@
+"""Read a TLS handshake off the wire: a client VM's pcap (qemu's filter-dump) of its connection to a port.
+
+Only what the lab's TLS test needs: the TCP stream of each direction reassembled, split into TLS records,
+and the handshake messages and alerts before encryption starts (ClientHello, ServerHello with the chosen
+version and cipher suite, Certificate, ... ServerHelloDone; ClientKeyExchange if the client went on).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# IANA numbers of the TLS 1.2 suites the broker offers (broker/tls.py CIPHERS), by OpenSSL's names.
+SUITES = {
+    0xC030: "ECDHE-RSA-AES256-GCM-SHA384", 0xC02F: "ECDHE-RSA-AES128-GCM-SHA256",
+    0xC028: "ECDHE-RSA-AES256-SHA384", 0xC027: "ECDHE-RSA-AES128-SHA256",
+    0x009D: "AES256-GCM-SHA384", 0x009C: "AES128-GCM-SHA256",
+    0x003D: "AES256-SHA256", 0x003C: "AES128-SHA256",
+}
+HANDSHAKES = {
+    1: "ClientHello", 2: "ServerHello", 11: "Certificate", 12: "ServerKeyExchange", 13: "CertificateRequest",
+    14: "ServerHelloDone", 16: "ClientKeyExchange", 20: "Finished",
+}
+CHANGE_CIPHER_SPEC, ALERT, HANDSHAKE = 20, 21, 22
+
+
+@dataclass
+class Side:
+    """What one side sent in the clear: handshake message names, alerts (level, description), and whether
+    it switched to encryption (ChangeCipherSpec)."""
+
+    handshakes: list[str] = field(default_factory=list)
+    alerts: list[tuple[int, int]] = field(default_factory=list)
+    encrypted: bool = False
+
+
+@dataclass
+class Handshake:
+    client: Side
+    server: Side
+    version: int | None  # the ServerHello's version (0x0303: TLS 1.2)
+    suite: int | None  # the ServerHello's cipher suite
+    offered: list[int]  # the ClientHello's cipher suites
+
+    @property
+    def suite_name(self) -> str:
+        return SUITES.get(self.suite, f"0x{self.suite:04x}") if self.suite is not None else "none"
+
+
+def read(pcap: Path, port: int) -> Handshake:
+    """The first TLS connection to `port` in `pcap` (Ethernet, IPv4)."""
+    to_server, to_client = _streams(pcap.read_bytes(), port)
+    client, server = Side(), Side()
+    version = suite = None
+    offered: list[int] = []
+    for body in _handshake_bodies(to_client, server):
+        if body[0] == 2:  # ServerHello: version(2) random(32) session id(1+n) suite(2)
+            version = struct.unpack_from(">H", body, 4)[0]
+            sid = body[38]
+            suite = struct.unpack_from(">H", body, 39 + sid)[0]
+    for body in _handshake_bodies(to_server, client):
+        if body[0] == 1:  # ClientHello: version(2) random(32) session id(1+n) suites(2+n)
+            sid = body[38]
+            count = struct.unpack_from(">H", body, 39 + sid)[0] // 2
+            offered = list(struct.unpack_from(f">{count}H", body, 41 + sid))
+    return Handshake(client, server, version, suite, offered)
+
+
+def _handshake_bodies(stream: bytes, side: Side) -> list[bytes]:
+    """Split a direction into records; note alerts and encryption; return the cleartext handshake messages."""
+    messages = b""
+    at = 0
+    while at + 5 <= len(stream) and not side.encrypted:
+        kind, length = stream[at], struct.unpack_from(">H", stream, at + 3)[0]
+        record = stream[at + 5:at + 5 + length]
+        at += 5 + length
+        if kind == HANDSHAKE:
+            messages += record
+        elif kind == ALERT and len(record) == 2:
+            side.alerts.append((record[0], record[1]))
+        elif kind == CHANGE_CIPHER_SPEC:
+            side.encrypted = True
+    bodies = []
+    at = 0
+    while at + 4 <= len(messages):
+        length = int.from_bytes(messages[at + 1:at + 4], "big")
+        body = messages[at:at + 4 + length]
+        side.handshakes.append(HANDSHAKES.get(body[0], f"type {body[0]}"))
+        bodies.append(body)
+        at += 4 + length
+    return bodies
+
+
+def _streams(pcap: bytes, port: int) -> tuple[bytes, bytes]:
+    """The payload bytes of the first TCP connection to `port`, client to server and server to client."""
+    magic = struct.unpack_from("<I", pcap)[0]
+    if magic != 0xA1B2C3D4:
+        raise ValueError(f"not a little-endian pcap file (magic 0x{magic:08x})")
+    segments: dict[bool, dict[int, bytes]] = {True: {}, False: {}}
+    client_port = None
+    at = 24
+    while at + 16 <= len(pcap):
+        length = struct.unpack_from("<I", pcap, at + 8)[0]
+        frame = pcap[at + 16:at + 16 + length]
+        at += 16 + length
+        if len(frame) < 34 or frame[12:14] != b"\x08\x00" or frame[23] != 6:  # IPv4 carrying TCP
+            continue
+        ip = frame[14:]
+        tcp = ip[(ip[0] & 0x0F) * 4:]
+        source, destination, seq = struct.unpack_from(">HHI", tcp)
+        payload = tcp[(tcp[12] >> 4) * 4:struct.unpack_from(">H", ip, 2)[0] - (ip[0] & 0x0F) * 4]
+        if destination == port:
+            client_port = client_port or source
+            if source == client_port and payload:
+                segments[True].setdefault(seq, payload)
+        elif source == port and destination == client_port and payload:
+            segments[False].setdefault(seq, payload)
+    return _joined(segments[True]), _joined(segments[False])
+
+
+def _joined(segments: dict[int, bytes]) -> bytes:
+    """In-order bytes from the first segment on, as far as they are contiguous (retransmissions dropped)."""
+    if not segments:
+        return b""
+    ordered = sorted(segments.items())
+    data = bytearray(ordered[0][1])
+    end = ordered[0][0] + len(ordered[0][1])
+    for seq, payload in ordered[1:]:
+        if seq > end:
+            break
+        data += payload[end - seq:]
+        end = max(end, seq + len(payload))
+    return bytes(data)
