@@ -1,110 +1,155 @@
-"""The lab demo: the helper on real LIO and the HTTPS broker with real PAM in the VM, curl playing the
-workstation's iPXE, and a real iSCSI client using the credentials the boot script carries.
+"""The lab demo, what `scripts/lab demo` runs: the whole story with real parts and a real netboot client.
 
-What `scripts/lab demo` runs. Each step prints what happens, as an admin watching would see it.
+The server is the lab VM: the helper as root on the kernel's LIO, the broker as the unprivileged
+`brokersvc` with real PAM. The workstations are qemu VMs on this host that netboot Debian 12's iPXE from
+their network card, on a restricted user network that reaches only the broker and iSCSI ports. A person's
+keystrokes are typed into them; the transcript shows what their screens show, step by step.
 """
 
 from __future__ import annotations
 
-import subprocess
 import sys
+import time
 
-from .broker import BrokerDeployment, grant_from_script
-from .deployment import Deployment, Grant, clear_lio, iscsi_tool, prepare_accounts, qemu_io
+from . import golden
+from .broker import BrokerDeployment
+from .deployment import Deployment, clear_lio, prepare_accounts, refused_logins
+from .ipxe_client import CLIENT_SIDE, IpxeClient
 from .vm import Lab
 
 STORE = "/srv/btrfs/bootbroker"
+GOLDEN_FILE = "/tmp/golden-demo.img"
+USER = "student1"
 
 
 def say(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
 
-def show(done: subprocess.CompletedProcess[str]) -> None:
-    for line in (done.stdout + done.stderr).strip().splitlines():
-        print(f"   | {line}")
+def note(text: str) -> None:
+    print(f"   {text}", flush=True)
 
 
-def script(text: str, secret: str | None = None) -> None:
+def server(text: str) -> None:
     for line in text.strip().splitlines():
-        if not line.startswith("#") and line.strip():
-            print(f"   > {line.replace(secret, secret[:3] + '*' * (len(secret) - 3)) if secret else line}")
+        print(f"   server| {line}", flush=True)
 
 
-def masked(grant: Grant) -> str:
-    return f"target {grant.target_iqn}\n   initiator {grant.initiator_iqn}\n   CHAP user {grant.chap_user}, " \
-           f"secret {grant.chap_secret[:3]}{'*' * (len(grant.chap_secret) - 3)}"
+class Screen:
+    """Prints what one workstation's screen shows since the last time."""
+
+    def __init__(self, client: IpxeClient) -> None:
+        self.client = client
+        self.shown = 0
+
+    def show(self) -> None:
+        end = len(self.client.screen())
+        for line in self.client.transcript(self.shown, end):
+            print(f"   {self.client.dir.name}| {line}", flush=True)
+        self.shown = end
+
+
+def workstation(lab: Lab, name: str) -> IpxeClient:
+    client = IpxeClient(lab, name)
+    client.progress = lambda line: note(f"... {line}")
+    return client
 
 
 def run_demo(lab: Lab) -> int:
-    say("preparing the VM: accounts, configuration, helper (root) on the real kernel LIO")
+    say("the server VM: lab accounts, the helper (root) on the kernel's LIO, a reflink store on btrfs")
     prepare_accounts(lab)
     clear_lio(lab)
-    helper = Deployment(lab, "reflink", STORE)
+    helper = Deployment(lab, "reflink", STORE, advertise=f"{CLIENT_SIDE}:3260")
     helper.install()
     helper.start()
-    say("publishing a 16 MiB golden image 'demo' (version 1)")
-    golden = helper.publish_random_golden("demo")
-    print(f"   sha256 {golden}")
+    broker: BrokerDeployment | None = None
+    clients: list[IpxeClient] = []
+    try:
+        say("building a small bootable golden image (MBR, EXTLINUX, a Debian kernel) and publishing it as 'demo'")
+        golden.build(lab, GOLDEN_FILE)
+        server(helper.cli("images", "publish", "demo", GOLDEN_FILE).stdout)
 
-    say("alice logs in at a workstation: the helper makes her overlay, a target and a fresh CHAP secret")
-    first = helper.ensure_session("alice")
-    print(f"   {masked(first)}")
-    say("the workstation logs in over iSCSI with those credentials (libiscsi iscsi-readcapacity16)")
-    show(iscsi_tool(lab, "iscsi-readcapacity16", first))
-    say("it writes to its disk (qemu-io over iSCSI); the golden image does not change")
-    show(qemu_io(lab, first, "write -P 0x42 0 1M", "read -P 0x42 0 1M"))
-    print(f"   golden sha256 unchanged: {helper.golden_sha256('demo') == golden}")
+        say("starting the broker as brokersvc with real PAM (/etc/pam.d/bootbroker, pam_unix) and lab accounts")
+        note("plain HTTP, the lab-only insecure_http switch: Debian 12's iPXE has no HTTPS. Debian 13's iPXE")
+        note("negotiating TLS with this broker is shown by tests/lab/test_ipxe_tls.py.")
+        broker = BrokerDeployment(helper, insecure_http=True, url=f"http://{CLIENT_SIDE}:8080")
+        broker.install()
+        broker.start()
+        server("\n".join(line for line in broker.log().splitlines() if "broker ready" in line))
 
-    say("alice logs in at a second workstation: new credentials, the first session is dropped")
-    second = helper.ensure_session("alice")
-    print(f"   {masked(second)}")
-    old = iscsi_tool(lab, "iscsi-inq", first)
-    print(f"   old credentials: {'refused' if old.returncode else 'ACCEPTED (wrong!)'}")
-    show(qemu_io(lab, second, "read -P 0x42 0 1M"))
+        first = workstation(lab, "workstation-1")
+        clients.append(first)
+        screen = Screen(first)
+        say("workstation-1 powers on and netboots: its iPXE gets the broker's entry menu; 'Log in' is chosen")
+        first.start(f"{broker.url}/boot.ipxe")
+        at = first.choose_log_in()
+        screen.show()
+        say(f"{USER} types her name and a wrong password")
+        first.fill_in(USER, "not-her-password")
+        at = first.wait_for("Username:", after=first.wait_for("Wrong user name or password.", after=at), timeout=60)
+        screen.show()
+        note("nothing was made for her: the helper was not even asked")
+        say("she types her password again (her name is kept): the broker shows the disks she may boot")
+        first.fill_in(None, broker.passwords[USER])
+        at = first.wait_for(f"{USER}: choose your disk", after=at)
+        screen.show()
+        say("she takes the first: the helper makes her overlay and target with a fresh CHAP secret; iPXE logs in")
+        note("with it over iSCSI and boots her disk, whose EXTLINUX shows its mark.txt and waits at boot:")
+        first.boot_first_disk(at)
+        screen.show()
+        server(helper.cli("sessions").stdout)
+        say("she shuts down (types 'off'); her work is on her overlay (here the demo writes her mark.txt)")
+        first.command("off")
+        first.wait_for_exit()
+        screen.show()
+        golden.set_mark(lab, f"{helper.overlay_dir('demo', USER)}/disk.img", f"{USER}'s homework, saved on her disk")
 
-    say("the helpdesk lists sessions")
-    print(helper.cli("sessions", user="deskstaff").stdout.rstrip())
-    say("the helpdesk resets alice's disk (the old overlay is kept as a backup)")
-    print("   " + helper.cli("reset", "alice", "demo", user="deskstaff").stdout.strip())
-    fresh = helper.ensure_session("alice")
-    pattern = qemu_io(lab, fresh, "read -P 0x42 0 1M")
-    print(f"   after the reset her disk is the golden image again: {'Pattern verification failed' in pattern.stdout}")
-    broker_story(helper)
-    helper.stop()
-    clear_lio(lab)
-    say("done: the VM powers off")
-    return 0
+        second = workstation(lab, "workstation-2")
+        clients.append(second)
+        second_screen = Screen(second)
+        say(f"the next day {USER} logs in at workstation-2: her own disk follows her")
+        second.start(f"{broker.url}/boot.ipxe")
+        second.boot_first_disk(second.log_in(USER, broker.passwords[USER]))
+        second_screen.show()
+        (left_on,) = helper.initiators(helper.target_iqn("demo", USER))
 
+        third = workstation(lab, "workstation-3")
+        clients.append(third)
+        screen = Screen(third)
+        say("she leaves workstation-2 on and logs in at workstation-3: one writer per disk, so that one is dropped")
+        third.start(f"{broker.url}/boot.ipxe")
+        third.boot_first_disk(third.log_in(USER, broker.passwords[USER]))
+        screen.show()
+        for initiator, logged_in in helper.initiators(helper.target_iqn("demo", USER)).items():
+            server(f"LIO allows only {initiator} (logged in: {'yes' if logged_in else 'no'})")
+        say("workstation-2 tries to read its disk again ('show'): LIO refuses its old credentials")
+        second.command("show")
+        deadline = time.monotonic() + 120
+        while not (refusals := refused_logins(lab, left_on)) and time.monotonic() < deadline:
+            time.sleep(2)
+        second_screen.show()
+        server(refusals[0] if refusals else "no refusal within 120 s (unexpected)")
+        note("its screen stays as it is: its iPXE keeps retrying the old login; the demo switches it off")
+        second.stop()
 
-def broker_story(helper: Deployment) -> None:
-    say("starting the broker (HTTPS, unprivileged user brokersvc, real PAM) with lab accounts student1, student2")
-    broker = BrokerDeployment(helper)
-    broker.install()
-    broker.start()
-    for line in broker.log().splitlines():
-        if "fingerprint" in line or "certificate" in line.lower():
-            print(f"   | {line.strip()}")
-    say("a workstation's iPXE fetches the entry script (curl plays iPXE here; the next step uses a real one)")
-    script(broker.curl("/boot.ipxe").body)
-    say("student1 types a wrong password: the broker answers 401 and the screen shows why")
-    wrong = broker.login("student1", "a-wrong-password")
-    print(f"   HTTP {wrong.status} after {wrong.seconds:.2f} s")
-    script(broker.curl("/message.ipxe").body)
-    say("student1 logs in (PAM checks /etc/shadow): the menu of the disks she may boot")
-    menu = broker.login("student1")
-    print(f"   HTTP {menu.status} in {menu.seconds * 1000:.0f} ms")
-    script(menu.body)
-    say("she picks 'demo': the helper makes her overlay and target; the boot script carries fresh CHAP credentials")
-    boot = broker.boot(menu.body)
-    grant = grant_from_script(boot.body)
-    print(f"   HTTP {boot.status} in {boot.seconds * 1000:.0f} ms")
-    script(boot.body, grant.chap_secret)
-    say("the credentials from the script log in to her target (libiscsi iscsi-inq)")
-    inquiry = iscsi_tool(helper.lab, "iscsi-inq", grant)
-    print("\n".join(f"   | {line}" for line in inquiry.stdout.splitlines() if line.startswith(("Vendor", "Product"))))
-    print(f"   iscsi-inq exit status {inquiry.returncode}")
-    broker.stop()
+        say("on workstation-3 she boots the OS on her disk ('ibft'): it finds the iBFT iPXE left for it")
+        third.command("ibft")
+        third.wait_for("golden OS: powering off", timeout=300)
+        third.wait_for_exit()
+        screen.show()
+
+        say("the helpdesk (a member of bootbroker-helpdesk) lists the sessions and resets her disk")
+        server(helper.cli("sessions", user="deskstaff").stdout)
+        server(helper.cli("reset", USER, "demo", user="deskstaff").stdout)
+        say("done: the workstations are off; the broker and the helper stop, LIO is cleared, the VM powers off")
+        return 0
+    finally:
+        for client in clients:
+            client.stop()
+        if broker is not None and broker.process is not None:
+            broker.stop()
+        helper.stop()
+        clear_lio(lab)
 
 
 def main() -> int:

@@ -34,6 +34,12 @@ def clear_lio(lab: Lab) -> None:
     lab.run([str(lab.python), "-c", "from rtslib_fb import RTSRoot; RTSRoot().clear_existing(confirm=True)"])
 
 
+def refused_logins(lab: Lab, initiator: str) -> list[str]:
+    """LIO's kernel log lines refusing a login of `initiator` (no ACL for it), without their timestamps."""
+    refusal = f"Initiator Node: {initiator} is not authorized"
+    return [line.split("] ", 1)[-1] for line in lab.run(["dmesg"]).stdout.splitlines() if refusal in line]
+
+
 @dataclass
 class Grant:
     target_iqn: str

@@ -22,6 +22,10 @@ from lab.vm import Lab
 CLIENT_SIDE = "10.0.2.100"  # where the client VM finds the broker (8080 HTTP, 8443 HTTPS) and iSCSI (3260)
 GUESTFWD = Path(__file__).with_name("guestfwd.py")
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b.")
+BACKSPACED = re.compile(r".?\x08")
+GAP = re.compile(r"\s{6,}")  # between the items of a menu drawn with cursor moves
+FORM_FIELD = re.compile(r"_+")
+COUNTDOWN = re.compile(r"\(\d+\)")  # a menu's timeout, redrawn every second
 PROGRESS_EVERY = 20.0  # seconds
 KEYS = {"-": "minus", ".": "dot", " ": "spc", "_": "shift-minus", "@": "shift-2", "/": "slash"}
 
@@ -74,6 +78,26 @@ class IpxeClient:
     def screen(self) -> str:
         """What the console printed so far, without terminal escape sequences."""
         return ANSI.sub("", self.console.read_bytes().decode(errors="replace")).replace("\r", "\n")
+
+    def transcript(self, start: int, end: int | None = None) -> list[str]:
+        """The screen from `start` to `end` as a person reads it: text lines, a menu's items joined by " | ",
+        the login form's redraws as what was typed (the password as iPXE shows it: stars), the serial echo of
+        the golden image's prompt undoubled."""
+        lines: list[str] = []
+        for raw in BACKSPACED.sub("", self.screen()[start:end]).splitlines():
+            items = [item for item in GAP.split(COUNTDOWN.sub(" " * 6, raw).strip()) if item]
+            line = " | ".join(dict.fromkeys(items))  # a menu redrawn as the selection moves: each item once
+            if line.startswith("Username:"):
+                line = "[the login form: Username, Password]"
+            elif "____" in line:  # the form's fields redrawn after each key
+                typed = [field for field in FORM_FIELD.split(line) if field]
+                name = next((field for field in reversed(typed) if "*" not in field), None)
+                line = f"[typed: {'Username ' + name + ', ' if name else ''}Password {'*' * 8}]"
+            else:
+                line = _undoubled(line)
+            if line and (not lines or lines[-1] != line):
+                lines.append(line)
+        return lines
 
     def wait_for(self, text: str, timeout: float = 120, after: int = 0) -> int:
         """Wait until `text` appears on the console after position `after`; returns where it ends."""
@@ -143,3 +167,12 @@ class IpxeClient:
         """Type a command at the golden image's `boot:` prompt."""
         self.type(text)
         self.keys("ret")
+
+
+def _undoubled(line: str) -> str:
+    """SYSLINUX echoes what is typed at its prompt on two consoles that both reach the serial port: "ooffff"."""
+    head, colon, typed = line.rpartition(":") if line.startswith("boot:") else ("", "", line)
+    typed = typed.strip()
+    if len(typed) >= 2 and len(typed) % 2 == 0 and typed[::2] == typed[1::2]:
+        typed = typed[::2]
+    return f"boot: {typed}" if colon else typed

@@ -15,7 +15,7 @@ import pytest
 
 from lab import golden
 from lab.broker import BrokerDeployment
-from lab.deployment import Deployment, clear_lio, prepare_accounts
+from lab.deployment import Deployment, clear_lio, prepare_accounts, refused_logins
 from lab.ipxe_client import CLIENT_SIDE, IpxeClient
 from lab.vm import Lab
 
@@ -104,11 +104,6 @@ def test_each_user_boots_their_own_disk_and_it_persists(broker: BrokerDeployment
     assert "boot of demo by student2" in broker.log()
 
 
-def refusals(lab: Lab, initiator: str) -> int:
-    """How many times LIO refused a login of `initiator` (the kernel log)."""
-    return lab.run(["dmesg"]).stdout.count(f"Initiator Node: {initiator} is not authorized")
-
-
 def test_one_writer_a_second_workstation_of_the_same_user_takes_the_disk_and_the_os_gets_the_ibft(
     broker: BrokerDeployment, lab: Lab
 ) -> None:
@@ -124,13 +119,13 @@ def test_one_writer_a_second_workstation_of_the_same_user_takes_the_disk_and_the
         (second_initiator, logged_in), = helper.initiators(target).items()
         assert second_initiator != first_initiator and logged_in  # the first one's ACL is gone
 
-        refused = refusals(lab, first_initiator)
+        refused = len(refused_logins(lab, first_initiator))
         before = len(first.screen())
         first.command("show")  # the first workstation reads its disk again: cat.c32, mark.txt
         deadline = time.monotonic() + 120
-        while refusals(lab, first_initiator) == refused and time.monotonic() < deadline:
+        while len(refused_logins(lab, first_initiator)) == refused and time.monotonic() < deadline:
             time.sleep(2)
-        assert refusals(lab, first_initiator) > refused  # iPXE tried its old login; LIO refused it
+        assert len(refused_logins(lab, first_initiator)) > refused  # iPXE tried its old login; LIO refused it
         assert "mark" not in first.screen()[before:]  # and it read nothing from the disk
 
         second.command("ibft")  # the OS on the disk: what iPXE told it in the iBFT
