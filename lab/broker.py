@@ -17,10 +17,13 @@ import secrets
 import signal
 import subprocess
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from lab.deployment import Deployment, Grant
+from lab.deployment import Deployment, Grant, clear_lio, prepare_accounts
 from lab.vm import GUEST_IP, GUEST_PORTS, Lab, SpawnHandle
 
 HOST_NAME = "boot.lab.example.org"
@@ -228,6 +231,33 @@ user_failures = 5
         if link is None:
             raise AssertionError(f"no boot link for {image} in the menu:\n{menu}")
         return self.curl(link[0])
+
+
+@contextmanager
+def running(lab: Lab, store: str, *, advertise: str = "10.0.2.15:3260",
+            publish: Callable[[Deployment], object] | None = None, **options: Any) -> Iterator[BrokerDeployment]:
+    """A helper (reflink on `store`, advertising `advertise`) and a broker for it (`options`: see
+    BrokerDeployment) in the lab VM; `publish` puts images in the store first. Both stop, and LIO is
+    cleared, at the end."""
+    prepare_accounts(lab)
+    clear_lio(lab)
+    helper = Deployment(lab, "reflink", store, advertise=advertise)
+    helper.install()
+    helper.start()
+    try:
+        if publish is not None:
+            publish(helper)
+        broker = BrokerDeployment(helper, **options)
+        broker.install()
+        broker.start()
+        try:
+            yield broker
+        finally:
+            if broker.process is not None:
+                broker.stop()
+    finally:
+        helper.stop()
+        clear_lio(lab)
 
 
 def _quoted(value: str) -> str:

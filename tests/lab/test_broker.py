@@ -16,8 +16,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from lab.broker import SERVICE_ACCOUNT, BrokerDeployment, grant_from_script
-from lab.deployment import Deployment, clear_lio, iscsi_tool, prepare_accounts
+from lab.broker import SERVICE_ACCOUNT, BrokerDeployment, grant_from_script, running
+from lab.deployment import iscsi_tool
 from lab.vm import Lab
 
 STORE = "/srv/btrfs/bootbroker-web"
@@ -26,24 +26,8 @@ WRONG = "Wrong user name or password."
 
 @pytest.fixture(scope="module")
 def broker(lab: Lab) -> Iterator[BrokerDeployment]:
-    prepare_accounts(lab)
-    clear_lio(lab)
-    helper = Deployment(lab, "reflink", STORE)
-    helper.install()
-    helper.start()
-    try:
-        helper.publish_random_golden("demo")
-        deployed = BrokerDeployment(helper)
-        deployed.install()
-        deployed.start()
-        try:
-            yield deployed
-        finally:
-            if deployed.process is not None:
-                deployed.stop()
-    finally:
-        helper.stop()
-        clear_lio(lab)
+    with running(lab, STORE, publish=lambda helper: helper.publish_random_golden("demo")) as deployed:
+        yield deployed
 
 
 def test_the_broker_runs_unprivileged_with_the_certificate_it_generated(broker: BrokerDeployment) -> None:

@@ -14,35 +14,24 @@ from collections.abc import Iterator
 import pytest
 
 from lab import golden
-from lab.broker import BrokerDeployment
-from lab.deployment import Deployment, clear_lio, prepare_accounts, refused_logins
+from lab.broker import BrokerDeployment, running
+from lab.deployment import Deployment, refused_logins
 from lab.ipxe_client import CLIENT_SIDE, IpxeClient
 from lab.vm import Lab
 
 STORE = "/srv/btrfs/bootbroker-ipxe"
 
 
+def publish_bootable_golden(helper: Deployment) -> None:
+    golden.build(helper.lab, "/tmp/golden-bootable.img")
+    helper.cli("images", "publish", "demo", "/tmp/golden-bootable.img")
+
+
 @pytest.fixture(scope="module")
 def broker(lab: Lab) -> Iterator[BrokerDeployment]:
-    prepare_accounts(lab)
-    clear_lio(lab)
-    helper = Deployment(lab, "reflink", STORE, advertise=f"{CLIENT_SIDE}:3260")
-    helper.install()
-    helper.start()
-    golden.build(lab, "/tmp/golden-bootable.img")
-    helper.cli("images", "publish", "demo", "/tmp/golden-bootable.img")
-    deployed = BrokerDeployment(helper, insecure_http=True, url=f"http://{CLIENT_SIDE}:8080")
-    deployed.install()
-    deployed.start()
-    try:
+    with running(lab, STORE, advertise=f"{CLIENT_SIDE}:3260", publish=publish_bootable_golden,
+                 insecure_http=True, url=f"http://{CLIENT_SIDE}:8080") as deployed:
         yield deployed
-    finally:
-        try:
-            if deployed.process is not None:
-                deployed.stop()
-        finally:
-            helper.stop()
-            clear_lio(lab)
 
 
 @pytest.fixture

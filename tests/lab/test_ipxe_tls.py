@@ -15,9 +15,8 @@ from collections.abc import Iterator
 import pytest
 
 from lab import tls_wire
-from lab.broker import BrokerDeployment
+from lab.broker import BrokerDeployment, running
 from lab.build import ensure_trixie_ipxe
-from lab.deployment import Deployment, clear_lio, prepare_accounts
 from lab.ipxe_client import CLIENT_SIDE, IpxeClient
 from lab.vm import Lab
 
@@ -27,23 +26,9 @@ HTTPS_PORT = 8443
 
 @pytest.fixture(scope="module")
 def broker(lab: Lab) -> Iterator[BrokerDeployment]:
-    prepare_accounts(lab)
-    clear_lio(lab)
-    helper = Deployment(lab, "reflink", STORE, advertise=f"{CLIENT_SIDE}:3260")
-    helper.install()
-    helper.start()
-    deployed = BrokerDeployment(helper, url=f"https://{CLIENT_SIDE}:{HTTPS_PORT}")  # HTTPS, its own certificate
-    deployed.install()
-    deployed.start()
-    try:
+    # HTTPS with the certificate the broker generates; no image needed: the client never gets that far
+    with running(lab, STORE, advertise=f"{CLIENT_SIDE}:3260", url=f"https://{CLIENT_SIDE}:{HTTPS_PORT}") as deployed:
         yield deployed
-    finally:
-        try:
-            if deployed.process is not None:
-                deployed.stop()
-        finally:
-            helper.stop()
-            clear_lio(lab)
 
 
 def test_debian_13_ipxe_negotiates_tls_with_the_broker_and_refuses_its_self_signed_certificate(
