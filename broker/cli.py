@@ -38,6 +38,7 @@ def _print(args: argparse.Namespace, data: Any, text: Callable[[Any], str]) -> N
 
 
 def cmd_helper(args: argparse.Namespace) -> int:
+    from .access import NssDirectory
     from .backends import make_backend
     from .helper import Helper
     from .helper_server import run_helper
@@ -47,7 +48,7 @@ def cmd_helper(args: argparse.Namespace) -> int:
         print("bootbroker helper: must run as root (it manages LIO targets and overlays)", file=sys.stderr)
         return EXIT_ERROR
     config = _config(args)
-    helper = Helper(config, make_backend(config.store), Lio(config.iscsi.portals))
+    helper = Helper(config, make_backend(config.store), Lio(config.iscsi.portals), NssDirectory())
     import asyncio
 
     try:
@@ -110,6 +111,42 @@ def cmd_reset(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_rebase(args: argparse.Namespace) -> int:
+    result = _client(args).call("rebase", image=args.image, user=args.user)
+    _print(args, result, lambda r: (
+        f"rebased {args.user} on {args.image} from v{r['from']} to v{r['to']}: "
+        + ("live session dropped; " if r["dropped_session"] else "")
+        + f"previous overlay kept as backup {r['backup']}; a fresh copy of v{r['to']} is made at the next login"
+    ))
+    return EXIT_OK
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    result = _client(args).call("restore", image=args.image, user=args.user, backup=args.backup)
+    _print(args, result, lambda r: (
+        f"restored {args.user} on {args.image} from backup {r['restored']}"
+        + ("; live session dropped" if r["dropped_session"] else "")
+        + (f"; the overlay it replaced is kept as backup {r['backup']}" if r["backup"] else "")
+    ))
+    return EXIT_OK
+
+
+def _backups_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no backups"
+    lines = [f"{'USER':20} {'IMAGE':16} {'BACKUP':18} {'VER':>4} {'CREATED':19} {'USED':>9}"]
+    for r in rows:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created"]))
+        lines.append(f"{r['user']:20} {r['image']:16} {r['backup']:18} {r['version']:>4} {created:19} "
+                     f"{r['bytes_used'] / 2**20:>7.1f}Mi")
+    return "\n".join(lines)
+
+
+def cmd_backups(args: argparse.Namespace) -> int:
+    _print(args, _client(args).call("backups"), _backups_table)
+    return EXIT_OK
+
+
 def _sessions_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "no live sessions"
@@ -137,6 +174,42 @@ def cmd_images_publish(args: argparse.Namespace) -> int:
     source = os.path.abspath(args.file)
     result = _client(args).call("publish", image=args.image, source=source)
     print(f"published {result['image']} version {result['version']} from {source}")
+    return EXIT_OK
+
+
+def _images_table(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'IMAGE':16} {'VER':>4} {'CURRENT':7} {'PUBLISHED':19} {'SIZE':>9} {'USED':>9} {'OVERLAYS':>8} {'BACKUPS':>7}"]
+    for image in rows:
+        if not image["versions"]:
+            lines.append(f"{image['image']:16}    - (no published version: bootbroker images publish {image['image']} FILE)")
+        for v in image["versions"]:
+            published = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(v["published"]))
+            lines.append(
+                f"{image['image']:16} {v['version']:>4} {'yes' if v['current'] else 'no':7} {published:19} "
+                f"{v['size'] / 2**20:>7.1f}Mi {v['bytes_used'] / 2**20:>7.1f}Mi {v['overlays']:>8} {v['backups']:>7}"
+            )
+    return "\n".join(lines)
+
+
+def cmd_images_list(args: argparse.Namespace) -> int:
+    _print(args, _client(args).call("images"), _images_table)
+    return EXIT_OK
+
+
+def image_and_version(text: str) -> tuple[str, int | None]:
+    """IMAGE or IMAGE@VERSION, as `images retire` takes it."""
+    image, at, version = text.partition("@")
+    if not at:
+        return image, None
+    if not version.isdigit() or int(version) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: the version after @ must be a whole number from 1")
+    return image, int(version)
+
+
+def cmd_images_retire(args: argparse.Namespace) -> int:
+    image, version = args.target
+    result = _client(args).call("retire", image=image, version=version)
+    print(f"retired {result['image']} {', '.join(f'v{v}' for v in result['retired'])}")
     return EXIT_OK
 
 
@@ -172,10 +245,18 @@ def build_parser() -> argparse.ArgumentParser:
         ("start-session", cmd_start_session, "start a boot session by hand and print its CHAP credentials (root or broker)"),
         ("end-session", cmd_end_session, "end a user's live boot session; the client is disconnected"),
         ("reset", cmd_reset, "give a user a fresh copy of an image at the next login; the old one is kept as a backup"),
+        ("rebase", cmd_rebase, "move a user to the image's current version (a fresh copy at the next login; the old "
+                               "overlay is kept as a backup, as by reset)"),
     ):
         p = add(name, handler, text, json_output=name != "end-session")
         p.add_argument("user", help="the user's login name")
         p.add_argument("image", help="the image name")
+    restore = add("restore", cmd_restore, "bring back a user's backup (the newest, or BACKUP) as their overlay; "
+                  "the overlay it replaces is kept as a backup", True)
+    restore.add_argument("user", help="the user's login name")
+    restore.add_argument("image", help="the image name")
+    restore.add_argument("backup", nargs="?", help="a backup name from `bootbroker backups` (default: the newest)")
+    add("backups", cmd_backups, "list the backups reset and restore keep: user, image, name, version, bytes used", True)
     add("sessions", cmd_sessions, "list live boot sessions: who, which image, since when, logged in, overlay size", True)
     add("health", cmd_health, "show the helper's health summary", True)
     images = sub.add_parser("images", help="manage golden images", description="manage golden images")
@@ -184,6 +265,19 @@ def build_parser() -> argparse.ArgumentParser:
     publish.set_defaults(handler=cmd_images_publish)
     publish.add_argument("image", help="an image named in the configuration")
     publish.add_argument("file", help="a raw disk image file")
+    listing = images_sub.add_parser(
+        "list", help="versions of every image: current, size, bytes used, overlays and backups made from each",
+    )
+    listing.set_defaults(handler=cmd_images_list)
+    listing.add_argument("--json", action="store_true", help="print JSON for scripts")
+    retire = images_sub.add_parser(
+        "retire", help="delete IMAGE@VERSION, or every version of IMAGE (root)",
+        description="Delete one version of an image (IMAGE@VERSION), or every version (IMAGE). Refused for the "
+                    "current version, and while overlays or backups made from a version exist: the error names "
+                    "their users (reset them first).",
+    )
+    retire.set_defaults(handler=cmd_images_retire)
+    retire.add_argument("target", type=image_and_version, metavar="IMAGE[@VERSION]")
     return parser
 
 

@@ -54,6 +54,7 @@ class StoreConfig:
     backend: BackendKind
     # dm-snapshot only: size of each overlay's copy-on-write file, as a percentage of the image size.
     cow_percent: int
+    backup_days: int = 30  # reset and restore keep the overlays they set aside this long
 
     @property
     def sessions_dir(self) -> Path:
@@ -342,7 +343,7 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Config:
     r.unknown_keys("top level", data, {"store", "helper", "iscsi", "broker", "images"})
 
     store_t = r.table("store")
-    r.unknown_keys("store", store_t, {"path", "backend", "cow_percent"})
+    r.unknown_keys("store", store_t, {"path", "backend", "cow_percent", "backup_days"})
     backend_text = r.value("store", store_t, "backend", str, BackendKind.REFLINK.value)
     try:
         backend = BackendKind(backend_text)
@@ -354,10 +355,14 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Config:
     cow_percent = r.value("store", store_t, "cow_percent", int, 100)
     if not 1 <= cow_percent <= 1000:
         r.problems.append(f"[store] cow_percent: must be 1..1000, got {cow_percent}")
+    backup_days = r.value("store", store_t, "backup_days", int, 30)
+    if not 1 <= backup_days <= 3650:
+        r.problems.append(f"[store] backup_days: must be 1..3650, got {backup_days}")
     store = StoreConfig(
         path=_absolute_path(r, "store", "path", r.value("store", store_t, "path", str)),
         backend=backend,
         cow_percent=cow_percent,
+        backup_days=backup_days,
     )
 
     helper_t = r.table("helper")

@@ -15,12 +15,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from .access import may_boot
 from .backends import Backend
 from .config import Config
-from .errors import BadIdentifier, BackendFailure, NoSuchOverlay, NoSuchSession, UnknownImage
-from .identifiers import check_image_name, check_user_name, new_chap_secret, user_label
+from .errors import (
+    BackendFailure, BadIdentifier, Conflict, NoSuchOverlay, NoSuchSession, NotPermitted, UnknownImage,
+)
+from .identifiers import (
+    check_backup_name, check_image_name, check_user_name, check_version, new_chap_secret, user_label,
+)
 from .lio import Lio, storage_object_name
 from .state import BootSession, SessionBook
 from .store import OverlayMeta, Store
@@ -39,9 +44,16 @@ class Names:
     storage_object: str
 
 
+class Directory(Protocol):
+    """Group membership (NssDirectory in production)."""
+
+    def groups_of(self, user: str) -> frozenset[str]: ...
+
+
 class Helper:
-    def __init__(self, config: Config, backend: Backend, lio: Lio) -> None:
+    def __init__(self, config: Config, backend: Backend, lio: Lio, directory: Directory) -> None:
         self.config = config
+        self.directory = directory
         self.store = Store(config.store.path)
         self.backend = backend
         self.lio = lio
@@ -61,6 +73,7 @@ class Helper:
         with self._lock:
             self.book.load()
             self._reconcile()
+            self._expire_backups()
 
     def _reconcile(self) -> None:
         """Make LIO and the session records agree with the overlays on disk, repairing half-done work."""
@@ -130,8 +143,11 @@ class Helper:
     def ensure_session(self, image: object, user: object) -> dict[str, Any]:
         """Start a boot session: overlay and target if missing, the previous session's ACL replaced by a
         new one with a fresh initiator name and CHAP secret. Touches: the overlay, its LIO target, the
-        session record. Idempotent in effect; each call rotates the credentials."""
+        session record. Idempotent in effect; each call rotates the credentials. Raises NotPermitted for a
+        user the image's `users`/`groups` do not name (the broker checks too; this is the last word)."""
         names = self._names(image, user)
+        if not may_boot(self.config.images[names.image], names.user, self.directory.groups_of(names.user)):
+            raise NotPermitted(f"{names.user} may not boot {names.image} (see its users and groups)")
         with self._lock:
             meta = self._ensure_overlay(names)
             self._export(names, meta)
@@ -180,17 +196,89 @@ class Helper:
         backups/). Raises NoSuchOverlay when there is nothing to reset."""
         names = self._names(image, user)
         with self._lock:
-            overlay = self.store.overlay_dir(names.image, names.label)
-            if self.store.read_meta(overlay) is None:
+            if self.store.read_meta(self.store.overlay_dir(names.image, names.label)) is None:
                 raise NoSuchOverlay(f"{names.user} has no overlay of {names.image}")
-            session = self.book.get(names.image, names.user)
-            self.lio.delete_target(names.target, names.storage_object, self.backend.backstore)
-            if session is not None:
-                self.book.remove(names.image, names.user)
-            self.backend.detach(overlay, names.storage_object)
-            backup = self.store.move_to_backup(overlay, names.image, names.label)
+            backup, dropped = self._set_aside(names)
+            self._expire_backups()
         log.info("reset %s on %s; previous overlay kept as %s", names.user, names.image, backup.name)
-        return {"backup": backup.name, "dropped_session": session is not None}
+        return {"backup": backup.name, "dropped_session": dropped}
+
+    def rebase(self, image: object, user: object) -> dict[str, Any]:
+        """Move the user to the image's current version: their overlay (made from an older one) is set aside
+        as a dated backup, as in reset, and the next login makes a fresh copy of the current version.
+        Raises NoSuchOverlay, or Conflict if the overlay is already on the current version."""
+        names = self._names(image, user)
+        with self._lock:
+            meta = self.store.read_meta(self.store.overlay_dir(names.image, names.label))
+            if meta is None:
+                raise NoSuchOverlay(f"{names.user} has no overlay of {names.image}")
+            current = self.store.current_version(names.image)
+            if meta.version == current:
+                raise Conflict(f"{names.user} is already on {names.image} v{current}, the current version")
+            backup, dropped = self._set_aside(names)
+            self._expire_backups()
+        log.info("rebased %s on %s from v%d to v%d; previous overlay kept as %s", names.user, names.image,
+                 meta.version, current, backup.name)
+        return {"from": meta.version, "to": current, "backup": backup.name, "dropped_session": dropped}
+
+    def restore(self, image: object, user: object, backup: object) -> dict[str, Any]:
+        """Bring back one of the user's backups (`backup`, or the newest for None) as their overlay. The
+        overlay they have now, if any, becomes a backup first (as in reset): nothing is deleted. Touches:
+        the live session (dropped), the target and backstore, the overlay and the backup directories.
+        Raises NoSuchOverlay if there is no such backup, Conflict if its golden version was retired."""
+        names = self._names(image, user)
+        with self._lock:
+            backups = self.store.backups_of(names.image, names.label)
+            if backup is None:
+                if not backups:
+                    raise NoSuchOverlay(f"{names.user} has no backup of {names.image}")
+                chosen = backups[-1]
+            else:
+                chosen = self.store.backup_dir(names.image, names.label, check_backup_name(backup))
+                if chosen not in backups:
+                    known = ", ".join(b.name for b in backups) or "none"
+                    raise NoSuchOverlay(f"{names.user} has no backup {chosen.name} of {names.image} (backups: {known})")
+            meta = self.store.read_meta(chosen)
+            assert meta is not None  # backups_of lists only directories with their meta.json
+            if not self.store.image_file(names.image, meta.version).exists():
+                raise Conflict(f"backup {chosen.name} was made from {names.image} v{meta.version}, which was retired")
+            set_aside: Path | None = None
+            dropped = False
+            if self.store.read_meta(self.store.overlay_dir(names.image, names.label)) is not None:
+                set_aside, dropped = self._set_aside(names)
+            self.store.restore_backup(chosen, names.image, names.label)
+            self._expire_backups()  # only now: the chosen backup may be an old one
+        log.info("restored %s on %s from backup %s%s", names.user, names.image, chosen.name,
+                 f"; the overlay it replaced kept as {set_aside.name}" if set_aside else "")
+        return {"restored": chosen.name, "backup": set_aside.name if set_aside else None, "dropped_session": dropped}
+
+    def _set_aside(self, names: Names) -> tuple[Path, bool]:
+        """Drop the live session, the target and the backend's device, and move the overlay to a dated
+        backup. Returns the backup and whether a session was dropped. Call with the lock held."""
+        overlay = self.store.overlay_dir(names.image, names.label)
+        session = self.book.get(names.image, names.user)
+        self.lio.delete_target(names.target, names.storage_object, self.backend.backstore)
+        if session is not None:
+            self.book.remove(names.image, names.user)
+        self.backend.detach(overlay, names.storage_object)
+        return self.store.move_to_backup(overlay, names.image, names.label), session is not None
+
+    def _expire_backups(self) -> None:
+        """Delete backups older than [store] backup_days. Call with the lock held."""
+        for backup in self.store.expired_backups(self.config.store.backup_days, time.time()):
+            shutil.rmtree(backup)
+            log.info("deleted backup %s of %s/%s: older than %d days", backup.name, backup.parent.parent.name,
+                     backup.parent.name, self.config.store.backup_days)
+
+    def backups(self) -> list[dict[str, Any]]:
+        """Every backup in the store: user, image, name (to restore it), golden version, when it was
+        made (the overlay's creation) and bytes used. Reads only."""
+        with self._lock:
+            return [
+                {"user": meta.user, "image": meta.image, "backup": path.name, "version": meta.version,
+                 "created": meta.created, "bytes_used": self.backend.used_bytes(path)}
+                for path, meta in self.store.list_backups()
+            ]
 
     def sessions(self) -> list[dict[str, Any]]:
         """The live boot sessions, without secrets. Reads only."""
@@ -221,6 +309,42 @@ class Helper:
         log.info("published %s v%d from %s", image, version, source)
         return {"image": image, "version": version}
 
+    def images(self) -> list[dict[str, Any]]:
+        """Every configured image: its versions, which one is current, how many overlays and backups were
+        made from each, file size and bytes used. Reads only."""
+        with self._lock:
+            pins = self.store.pins()
+            rows = []
+            for name, image in self.config.images.items():
+                try:
+                    current: int | None = self.store.current_version(name)
+                except UnknownImage:
+                    current = None
+                versions = []
+                for version in self.store.versions(name):
+                    st = self.store.image_file(name, version).stat()
+                    overlays, backups = pins.get((name, version), (0, 0))
+                    versions.append({
+                        "version": version, "current": version == current, "published": st.st_mtime,
+                        "size": st.st_size, "bytes_used": st.st_blocks * 512, "overlays": overlays, "backups": backups,
+                    })
+                rows.append({"image": name, "description": image.description, "current": current, "versions": versions})
+            return rows
+
+    def retire(self, image: object, version: object) -> dict[str, Any]:
+        """Delete one version of an image (`version`), or all of them (None). Refuses the current version
+        and any version an overlay or a backup was made from (Conflict, naming the users). Touches:
+        images/<image>/ only. Root only."""
+        image = check_image_name(image)
+        if image not in self.config.images:
+            raise UnknownImage(f"there is no image {image!r} in the configuration")
+        if version is not None:
+            version = check_version(version)
+        with self._lock:
+            retired = self.store.retire(image, version)
+        log.info("retired %s %s", image, ", ".join(f"v{v}" for v in retired))
+        return {"image": image, "retired": retired}
+
     def health(self) -> dict[str, Any]:
         """A cheap summary for monitoring. Reads only; takes no lock so it answers during long work."""
         return {
@@ -239,5 +363,10 @@ def run_operation(helper: Helper, op: str, args: dict[str, Any]) -> Any:
         "sessions": helper.sessions,
         "health": helper.health,
         "publish": helper.publish,
+        "images": helper.images,
+        "restore": helper.restore,
+        "rebase": helper.rebase,
+        "backups": helper.backups,
+        "retire": helper.retire,
     }
     return table[op](**args)

@@ -44,6 +44,11 @@ PERMISSIONS: dict[str, Role] = {
     "sessions": Role.ROOT | Role.HELPDESK,
     "health": Role.ROOT | Role.BROKER | Role.HELPDESK,
     "publish": Role.ROOT,
+    "images": Role.ROOT | Role.HELPDESK,
+    "retire": Role.ROOT,
+    "restore": Role.ROOT | Role.HELPDESK,
+    "backups": Role.ROOT | Role.HELPDESK,
+    "rebase": Role.ROOT | Role.HELPDESK,
 }
 
 

@@ -18,6 +18,7 @@ IMAGE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 # Site user names (unix, AD, LDAP): letters, digits and . _ @ -, not starting with a separator.
 USER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._@-]{0,63}")
 VERSION = re.compile(r"[1-9][0-9]{0,8}")
+BACKUP_NAME = re.compile(r"[0-9]{8}T[0-9]{6}(\.[1-9][0-9]{0,5})?")  # the store's dated backup directories
 IQN_DATE = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
 DOMAIN = re.compile(r"(?=.{1,200}$)[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+")
 LABEL_SAFE = re.compile(r"[a-z0-9][a-z0-9.-]*")
@@ -66,6 +67,13 @@ def script_safe(value: str) -> bool:
 def check_version(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not VERSION.fullmatch(str(value)):
         raise BadIdentifier(f"image version {value!r} is not valid: use a whole number from 1")
+    return value
+
+
+def check_backup_name(value: object) -> str:
+    if not isinstance(value, str) or not BACKUP_NAME.fullmatch(value):
+        raise BadIdentifier(f"backup {str(value)[:40]!r} is not valid: a name like 20261123T083000 "
+                            "(see `bootbroker backups`)")
     return value
 
 

@@ -25,6 +25,11 @@ OPERATIONS: dict[str, frozenset[str]] = {
     "sessions": frozenset(),
     "health": frozenset(),
     "publish": frozenset({"image", "source"}),
+    "images": frozenset(),
+    "retire": frozenset({"image", "version"}),  # version null: every version
+    "restore": frozenset({"image", "user", "backup"}),  # backup null: the newest
+    "backups": frozenset(),
+    "rebase": frozenset({"image", "user"}),
 }
 
 

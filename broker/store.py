@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -22,6 +23,9 @@ from pathlib import Path
 from .errors import BadIdentifier, Conflict, UnknownImage
 from .files import write_atomically
 from .identifiers import check_version
+
+
+BACKUP_STAMP = "%Y%m%dT%H%M%S"  # a backup's name: when it was set aside, UTC
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,45 @@ class Store:
 
     def image_file(self, image: str, version: int) -> Path:
         return self.images / image / f"v{version}.img"
+
+    def versions(self, image: str) -> list[int]:
+        """The published versions of `image` still in the store, oldest first."""
+        found = (p.stem[1:] for p in (self.images / image).glob("v*.img"))
+        return sorted(int(v) for v in found if v.isdigit())
+
+    def pins(self) -> dict[tuple[str, int], tuple[int, int]]:
+        """(image, version) -> (overlays, backups) made from it: what a retire must wait for."""
+        overlays = Counter((m.image, m.version) for _, m in self.list_overlays())
+        backups = Counter((m.image, m.version) for _, m in self.list_backups())
+        return {key: (overlays[key], backups[key]) for key in overlays | backups}
+
+    def retire(self, image: str, version: int | None) -> list[int]:
+        """Delete one version of `image` (not the current one), or every version and `current` (None).
+        Refuses (Conflict) while an overlay or a backup was made from a version it would delete, naming
+        them. Returns the versions deleted."""
+        versions = self.versions(image)
+        if not versions:
+            raise UnknownImage(f"image {image!r} has no published version")
+        if version is not None:
+            if version not in versions:
+                raise UnknownImage(f"image {image!r} has no version {version}; it has {_listed(versions)}")
+            if version == self.current_version(image):
+                raise Conflict(f"v{version} is the current version of {image!r}: publish a newer one first, "
+                               "or retire the whole image")
+        doomed = versions if version is None else [version]
+        pins = self.pins()
+        holders = [f"v{v}: {pins[image, v][0]} overlays, {pins[image, v][1]} backups"
+                   for v in doomed if (image, v) in pins]
+        if holders:
+            users = sorted({m.user for _, m in self.list_overlays() + self.list_backups()
+                            if m.image == image and m.version in doomed})
+            raise Conflict(f"{image!r} is still in use ({'; '.join(holders)}) by {', '.join(users)}; "
+                           "reset those users first")
+        if version is None:
+            (self.images / image / "current").unlink(missing_ok=True)
+        for v in doomed:
+            self.image_file(image, v).unlink()
+        return doomed
 
     def publish(self, image: str, source: Path) -> int:
         """Store `source` as the next version of `image` and make it current; returns the version."""
@@ -112,7 +155,7 @@ class Store:
         return target
 
     def move_to_backup(self, overlay: Path, image: str, label: str) -> Path:
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        stamp = time.strftime(BACKUP_STAMP, time.gmtime())
         parent = self.backups / image / label
         parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         backup = parent / stamp
@@ -131,6 +174,37 @@ class Store:
                 found.append((overlay, meta))
         return found
 
+    def backup_dir(self, image: str, label: str, name: str) -> Path:
+        return self.backups / image / label / name
+
+    def backups_of(self, image: str, label: str) -> list[Path]:
+        """One user's backups of an image, oldest first (their names are UTC time stamps)."""
+        return sorted(p for p in (self.backups / image / label).glob("*") if self.read_meta(p) is not None)
+
+    def restore_backup(self, backup: Path, image: str, label: str) -> Path:
+        """Move a backup back into place as the overlay; the overlay directory must be free."""
+        overlay = self.overlay_dir(image, label)
+        overlay.parent.mkdir(mode=0o700, exist_ok=True)
+        os.rename(backup, overlay)  # fails if an overlay is there: never overwrites one
+        return overlay
+
+    def expired_backups(self, days: int, now: float) -> list[Path]:
+        """Backups set aside more than `days` days before `now` (their names are UTC time stamps)."""
+        cutoff = time.strftime(BACKUP_STAMP, time.gmtime(now - days * 86400))
+        return [path for path, _ in self.list_backups() if path.name[:len(cutoff)] < cutoff]
+
+    def list_backups(self) -> list[tuple[Path, OverlayMeta]]:
+        found = []
+        for backup in sorted(self.backups.glob("*/*/*")):
+            meta = self.read_meta(backup)
+            if meta is not None:
+                found.append((backup, meta))
+        return found
+
     def free_bytes(self) -> int:
         st = os.statvfs(self.root)
         return st.f_bavail * st.f_frsize
+
+
+def _listed(versions: list[int]) -> str:
+    return ", ".join(f"v{v}" for v in versions)

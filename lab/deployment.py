@@ -86,6 +86,10 @@ users = ["*"]
 [images.other]
 description = "Second image"
 users = ["*"]
+
+[images.staff]
+description = "Helpdesk tools"
+groups = ["bootbroker-helpdesk"]
 """
 
     def install(self) -> None:

@@ -171,6 +171,33 @@ def test_reset_gives_back_the_golden_content_and_keeps_the_old_overlay(deploymen
     expect_refused(deployment.cli("reset", "nobody-here", "demo", check=False), "no_such_overlay")
 
 
+def test_helpdesk_restores_the_backup_of_a_user_with_a_live_session(deployment: Deployment) -> None:
+    lab = deployment.lab
+    work = deployment.ensure_session("judy")
+    assert qemu_io(lab, work, "write -P 0x11 0 1M").returncode == 0  # her work
+    reset = deployment.cli_json("reset", "judy", "demo", user="deskstaff")
+    fresh = deployment.ensure_session("judy")  # logged in again: a fresh copy, her work is in the backup
+    assert "Pattern verification failed" in qemu_io(lab, fresh, "read -P 0x11 0 1M").stdout
+
+    restored = deployment.cli_json("restore", "judy", "demo", user="deskstaff")  # the newest backup
+    assert restored["restored"] == reset["backup"] and restored["dropped_session"] is True
+    assert iscsi_tool(lab, "iscsi-inq", fresh).returncode != 0  # the live session on the fresh copy is gone
+    back = deployment.ensure_session("judy")
+    done = qemu_io(lab, back, "read -P 0x11 0 1M")
+    assert done.returncode == 0 and "Pattern verification failed" not in done.stdout, done.stdout + done.stderr
+    # the fresh copy it replaced was kept, not deleted
+    kept = [b["backup"] for b in deployment.cli_json("backups", user="deskstaff") if b["user"] == "judy"]
+    assert kept == [restored["backup"]]
+
+    before = deployment.snapshot()
+    expect_refused(deployment.cli("restore", "judy", "demo", "../../etc", user="deskstaff", check=False),
+                   "bad_identifier")
+    expect_refused(deployment.cli("restore", "judy", "demo", "20000101T000000", check=False), "no_such_overlay")
+    expect_refused(deployment.cli("restore", "nobody-here", "demo", check=False), "no_such_overlay")
+    expect_refused(deployment.cli("restore", "judy", "demo", user="brokersvc", check=False), "not_permitted")
+    assert deployment.snapshot() == before
+
+
 RAW_CLIENT = """
 import socket, sys
 s = socket.socket(socket.AF_UNIX)
@@ -204,6 +231,19 @@ def test_bad_identifiers_are_refused_and_change_nothing(deployment: Deployment, 
     assert reply["error"]["code"] == "unknown_image"
     expect_refused(deployment.cli("start-session", "frank", "../demo", check=False), "bad_identifier")
     assert deployment.snapshot() == before
+
+
+def test_only_an_images_users_and_groups_may_start_a_session_on_it(deployment: Deployment) -> None:
+    before = deployment.snapshot()
+    for user in ("outsider", "alice"):  # neither named nor in bootbroker-helpdesk
+        expect_refused(deployment.cli("start-session", user, "staff", check=False), "not_permitted")
+    reply = raw_request(deployment, json.dumps({"v": 1, "op": "ensure_session",
+                                                "args": {"image": "staff", "user": "outsider"}}), user="brokersvc")
+    assert reply["ok"] is False and reply["error"]["code"] == "not_permitted", reply
+    assert deployment.snapshot() == before
+    deployment.publish_random_golden("staff")
+    grant = deployment.ensure_session("deskstaff", "staff")  # a member of bootbroker-helpdesk
+    assert iscsi_tool(deployment.lab, "iscsi-inq", grant).returncode == 0
 
 
 def test_malformed_messages_get_error_codes(deployment: Deployment) -> None:
@@ -258,3 +298,37 @@ def test_sessions_come_back_after_a_helper_restart_and_after_lio_is_lost(deploym
     deployment.start()
     assert iscsi_tool(deployment.lab, "iscsi-inq", grant).returncode == 0
     assert any(s["user"] == "ivy" for s in deployment.cli_json("sessions"))
+
+
+def test_images_list_versions_and_retire_refuses_what_is_in_use(deployment: Deployment) -> None:
+    # Last in this module: it publishes new versions, which the tests above do not expect.
+    deployment.ensure_session("ivan")  # an overlay of demo v1
+    deployment.publish_random_golden("demo")  # v2 becomes current; ivan stays on v1
+    listed = {row["image"]: row for row in deployment.cli_json("images", "list", user="deskstaff")}
+    demo = {v["version"]: v for v in listed["demo"]["versions"]}
+    assert listed["demo"]["current"] == 2 and demo[2]["current"] and not demo[1]["current"]
+    assert demo[1]["overlays"] >= 1 and demo[2]["overlays"] == 0
+    assert demo[1]["size"] == GOLDEN_MIB * 2**20
+    table = deployment.cli("images", "list").stdout
+    assert re.search(r"^demo +2 yes ", table, re.MULTILINE), table
+
+    before = deployment.snapshot()
+    expect_refused(deployment.cli("images", "retire", "demo@2", check=False), "conflict")  # the current one
+    refused = deployment.cli("images", "retire", "demo@1", check=False)
+    expect_refused(refused, "conflict")
+    assert "ivan" in refused.stderr  # who holds it
+    expect_refused(deployment.cli("images", "retire", "demo", check=False), "conflict")
+    expect_refused(deployment.cli("images", "retire", "other@1", user="deskstaff", check=False), "not_permitted")
+    assert deployment.snapshot() == before
+
+    rebased = deployment.cli_json("rebase", "ivan", "demo", user="deskstaff")  # the helpdesk moves ivan to v2
+    assert (rebased["from"], rebased["to"]) == (1, 2)
+    deployment.ensure_session("ivan")
+    assert next(row for row in deployment.cli_json("sessions") if row["user"] == "ivan")["version"] == 2
+    expect_refused(deployment.cli("rebase", "ivan", "demo", check=False), "conflict")  # already on v2
+    expect_refused(deployment.cli("images", "retire", "demo@1", check=False), "conflict")  # his v1 backup
+    # No test here boots "other": nothing holds it, so it goes.
+    assert deployment.cli("images", "retire", "other").stdout.strip() == "retired other v1"
+    other = next(row for row in deployment.cli_json("images", "list") if row["image"] == "other")
+    assert other["current"] is None and other["versions"] == []
+    expect_refused(deployment.cli("start-session", "ivan", "other", check=False), "unknown_image")

@@ -46,6 +46,25 @@ class Operations:
         self.calls.append(("publish", {}))
         return {}
 
+    def images(self) -> list[Any]:
+        self.calls.append(("images", {}))
+        return []
+
+    def retire(self, image: str, version: int | None) -> dict[str, Any]:
+        self.calls.append(("retire", {}))
+        return {}
+
+    def restore(self, image: str, user: str, backup: str | None) -> dict[str, Any]:
+        self.calls.append(("restore", {}))
+        return {}
+
+    def backups(self) -> list[Any]:
+        return []
+
+    def rebase(self, image: str, user: str) -> dict[str, Any]:
+        self.calls.append(("rebase", {}))
+        return {}
+
 
 def test_every_operation_has_a_permission() -> None:
     assert set(PERMISSIONS) == set(OPERATIONS)
@@ -63,6 +82,17 @@ def test_every_operation_has_a_permission() -> None:
         (Role.HELPDESK, "sessions", True),
         (Role.HELPDESK, "ensure_session", False),
         (Role.HELPDESK, "publish", False),
+        (Role.HELPDESK, "images", True),
+        (Role.HELPDESK, "retire", False),
+        (Role.BROKER, "images", False),
+        (Role.BROKER, "retire", False),
+        (Role.ROOT, "retire", True),
+        (Role.HELPDESK, "restore", True),
+        (Role.HELPDESK, "backups", True),
+        (Role.BROKER, "restore", False),
+        (Role.BROKER, "backups", False),
+        (Role.HELPDESK, "rebase", True),
+        (Role.BROKER, "rebase", False),
         (Role.NONE, "health", False),
         (Role.ROOT, "publish", True),
     ],
@@ -70,7 +100,7 @@ def test_every_operation_has_a_permission() -> None:
 def test_permissions(roles: Role, op: str, allowed: bool) -> None:
     operations = Operations()
     server = HelperServer(operations, HelperConfig(Path("/x"), "b", "h"), Groups(1, 2))  # type: ignore[arg-type]
-    values = {"image": "demo", "user": "alice", "source": "/x"}
+    values = {"image": "demo", "user": "alice", "source": "/x", "version": 2, "backup": None}
     args = {name: values[name] for name in OPERATIONS[op]}
     reply = json.loads(asyncio.run(server.answer(Peer(1, 1000, 1000, roles), encode_request(op, args))))
     if allowed:

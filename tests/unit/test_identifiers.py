@@ -6,6 +6,7 @@ from broker.errors import BadIdentifier
 from broker.identifiers import (
     CHAP_SECRET_LENGTH,
     IqnScheme,
+    check_backup_name,
     check_image_name,
     check_user_name,
     new_chap_secret,
@@ -72,3 +73,14 @@ def test_chap_secrets_are_fresh_and_alphanumeric() -> None:
     assert len(secrets) == 200
     assert all(re.fullmatch(r"[A-Za-z0-9]+", s) and len(s) == CHAP_SECRET_LENGTH for s in secrets)
     assert 16 <= CHAP_SECRET_LENGTH <= 24
+
+
+@pytest.mark.parametrize("name", ["20261123T083000", "20261123T083000.2"])
+def test_backup_names_the_store_makes_are_accepted(name: str) -> None:
+    assert check_backup_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["../x", "20261123T083000/..", "20261123", "20261123T083000.0", "", None, 5, "x" * 99])
+def test_anything_else_is_not_a_backup_name(name: object) -> None:
+    with pytest.raises(BadIdentifier, match="bootbroker backups"):
+        check_backup_name(name)

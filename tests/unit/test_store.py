@@ -1,4 +1,5 @@
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -72,3 +73,72 @@ def test_write_atomically_sets_the_mode_and_leaves_no_temporary(tmp_path: Path) 
     assert target.read_bytes() == b"two"
     assert stat.S_IMODE(os.stat(target).st_mode) == 0o600
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def publish_versions(store: Store, tmp_path: Path, image: str, count: int) -> None:
+    source = tmp_path / "golden.img"
+    for n in range(count):
+        source.write_bytes(bytes([n]) * 4096)
+        store.publish(image, source)
+
+
+def overlay(store: Store, image: str, user: str, version: int) -> Path:
+    return store.commit_overlay(store.new_overlay_workdir(image, user), OverlayMeta(user, image, version, 0.0), user)
+
+
+def test_retire_refuses_the_current_version_and_versions_still_in_use(store: Store, tmp_path: Path) -> None:
+    publish_versions(store, tmp_path, "demo", 3)
+    alice = overlay(store, "demo", "alice", 1)
+    overlay(store, "demo", "bob", 2)
+    store.move_to_backup(overlay(store, "demo", "carol", 2), "demo", "carol")
+    assert store.pins() == {("demo", 1): (1, 0), ("demo", 2): (1, 1)}
+    with pytest.raises(Conflict, match="current version"):
+        store.retire("demo", 3)
+    with pytest.raises(Conflict, match=r"v1: 1 overlays, 0 backups\) by alice"):
+        store.retire("demo", 1)
+    with pytest.raises(Conflict, match=r"v2: 1 overlays, 1 backups\) by bob, carol"):
+        store.retire("demo", 2)
+    with pytest.raises(Conflict, match="v1: .*v2: "):
+        store.retire("demo", None)
+    with pytest.raises(UnknownImage, match="no version 7; it has v1, v2, v3"):
+        store.retire("demo", 7)
+    assert store.versions("demo") == [1, 2, 3]  # nothing deleted by a refusal
+    store.move_to_backup(alice, "demo", "alice")
+    shutil.rmtree(store.backups / "demo" / "alice")  # the backup expired
+    assert store.retire("demo", 1) == [1]
+    assert store.versions("demo") == [2, 3] and store.current_version("demo") == 3
+
+
+def test_retiring_a_whole_image_removes_every_version_and_current(store: Store, tmp_path: Path) -> None:
+    publish_versions(store, tmp_path, "demo", 2)
+    assert store.retire("demo", None) == [1, 2]
+    assert store.versions("demo") == []
+    with pytest.raises(UnknownImage, match="no published version"):
+        store.current_version("demo")
+    with pytest.raises(UnknownImage, match="no published version"):
+        store.retire("demo", None)
+
+
+def test_a_backup_goes_back_into_place_but_never_over_an_overlay(store: Store) -> None:
+    first = store.move_to_backup(overlay(store, "demo", "dora", 1), "demo", "dora")
+    second = store.move_to_backup(overlay(store, "demo", "dora", 1), "demo", "dora")
+    assert store.backups_of("demo", "dora") == sorted([first, second])
+    assert store.backup_dir("demo", "dora", first.name) == first
+    current = overlay(store, "demo", "dora", 1)
+    with pytest.raises(OSError):
+        store.restore_backup(first, "demo", "dora")
+    assert store.read_meta(current) is not None and first.is_dir()  # both untouched
+    shutil.rmtree(current)
+    assert store.restore_backup(first, "demo", "dora") == current
+    assert store.backups_of("demo", "dora") == [second]
+
+
+def test_backups_expire_by_the_time_they_were_set_aside(store: Store) -> None:
+    old, new = (store.backups / "demo" / "erin" / name for name in ("20260101T000000", "20260301T000000.2"))
+    for backup in (old, new):
+        backup.mkdir(parents=True)
+        write_atomically(backup / "meta.json", b'{"user": "erin", "image": "demo", "version": 1, "created": 0}', 0o600)
+    march_15 = 1773532800.0  # 2026-03-15T00:00:00Z
+    assert store.expired_backups(30, march_15) == [old]
+    assert store.expired_backups(80, march_15) == []
+    assert store.expired_backups(10, march_15) == [old, new]
