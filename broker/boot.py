@@ -23,6 +23,7 @@ from .errors import (
 )
 from .identifiers import CHAP_ALPHABET, IMAGE_NAME, USER_NAME, script_safe
 from .limiter import LoginLimiter
+from .metrics import Metrics
 from .scripts import ENTRY, MENU, MESSAGE, NETROOT, SANBOOT, ScriptRenderer
 from .tokens import TokenSigner
 
@@ -151,6 +152,7 @@ class BootFlow:
         self.signer = signer
         self.limiter = limiter
         self.notes = FailureNotes(clock)
+        self.metrics = Metrics()
         self._clock = clock
 
     # URLs the scripts use. The login URL carries iPXE's own expansion of the typed credentials.
@@ -201,14 +203,17 @@ class BootFlow:
         try:
             wait = self.limiter.retry_after(key, address)
             if wait > 0:
+                self.metrics.login("limited")
                 raise TooManyAttempts(f"login of {key!r} from {address} refused: too many failures", wait)
             if not USER_NAME.fullmatch(user) or not await self.authenticator.authenticate(user, password):
                 self.limiter.failed(key, address)
+                self.metrics.login("failed")
                 raise LoginFailed(f"login of {key!r} from {address} failed")
         except (LoginFailed, TooManyAttempts):
             await asyncio.sleep(max(0.0, started + self.broker.limits.failure_delay - self._clock()))
             raise
         self.limiter.succeeded(user)
+        self.metrics.login("ok")
         groups = await asyncio.to_thread(self.directory.groups_of, user)
         images = permitted_images(self.config.images, user, groups)
         if not images:
@@ -239,7 +244,13 @@ class BootFlow:
         groups = await asyncio.to_thread(self.directory.groups_of, grant.user)
         if not permitted_images({image.name: image}, grant.user, groups):
             raise NotPermitted(f"{grant.user} may not boot {image.name}")
-        session = Grant.from_helper(await self.helper.ensure_session(image.name, grant.user))
+        started = self._clock()
+        try:
+            session = Grant.from_helper(await self.helper.ensure_session(image.name, grant.user))
+        except BrokerError:
+            self.metrics.session_failed()
+            raise
+        self.metrics.session_started(self._clock() - started)
         log.info("boot of %s by %s from %s: initiator %s", image.name, grant.user, address, session.initiator_iqn)
         return self._boot_script(image, grant.user, session)
 

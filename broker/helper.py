@@ -351,6 +351,8 @@ class Helper:
             "backend": self.backend.kind.value,
             "store_free_bytes": self.store.free_bytes(),
             "sessions": len(self.book),
+            "overlays": self.store.count_overlays(),
+            "backups": self.store.count_backups(),
         }
 
 

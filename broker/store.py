@@ -201,6 +201,13 @@ class Store:
                 found.append((backup, meta))
         return found
 
+    def count_overlays(self) -> int:
+        """How many overlays there are, from the directory tree alone (cheap: for monitoring)."""
+        return sum(1 for _ in self.overlays.glob("*/*"))
+
+    def count_backups(self) -> int:
+        return sum(1 for _ in self.backups.glob("*/*/*"))
+
     def free_bytes(self) -> int:
         st = os.statvfs(self.root)
         return st.f_bavail * st.f_frsize

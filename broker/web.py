@@ -11,6 +11,7 @@ Routes:
   GET  /boot/<image>.ipxe     start a boot session with a token from the menu; the boot script
   GET  /message.ipxe          why this workstation's last request failed
   GET  /health                JSON: the broker and the helper's health
+  GET  /metrics               Prometheus text: logins, ensure_session latency, the helper's gauges
 """
 
 from __future__ import annotations
@@ -168,6 +169,15 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
+async def metrics(request: web.Request) -> web.Response:
+    try:
+        helper: dict[str, Any] | None = await request.app[HELPER].health()
+    except BrokerError:
+        helper = None  # bootbroker_helper_up 0
+    text = request.app[FLOW].metrics.render(helper)
+    return web.Response(text=text, content_type="text/plain", charset="utf-8", headers={"Cache-Control": "no-store"})
+
+
 class AccessLogger(AbstractAccessLogger):
     """One line per request, without the query string: boot links carry tokens there."""
 
@@ -187,4 +197,5 @@ def make_app(flow: BootFlow, helper: SessionHelper) -> web.Application:
     app.router.add_get("/boot/{image}.ipxe", boot)
     app.router.add_get("/message.ipxe", message)
     app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
     return app

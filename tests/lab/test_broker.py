@@ -10,6 +10,7 @@ absolute figures).
 from __future__ import annotations
 
 import hashlib
+import re
 import ssl
 import statistics
 from collections.abc import Iterator
@@ -187,3 +188,21 @@ def test_no_password_secret_or_token_in_the_broker_log(broker: BrokerDeployment)
     assert not leaked, f"{len(leaked)} secret(s) in the broker's log"
     helper_log = broker.helper.log()
     assert not [secret for secret in broker.secrets if secret in helper_log], "a secret in the helper's log"
+
+
+def test_metrics_from_the_broker_and_the_real_helper(broker: BrokerDeployment) -> None:
+    boot = broker.boot(broker.login("student2").body)
+    assert boot.status == 200
+    text = broker.curl("/metrics").body
+
+    def metric(name: str) -> float:
+        found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+        assert found is not None, f"no {name} in:\n{text}"
+        return float(found[1])
+
+    assert metric('bootbroker_logins_total{result="ok"}') >= 1
+    assert metric("bootbroker_ensure_session_seconds_count") >= 1
+    assert metric("bootbroker_helper_up") == 1
+    assert metric("bootbroker_live_sessions") >= 1 and metric("bootbroker_overlays") >= 1
+    assert metric("bootbroker_store_free_bytes") > 0
+    assert "student2" not in text

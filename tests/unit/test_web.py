@@ -282,6 +282,45 @@ async def test_health(make_client: Any) -> None:
     assert down.status == 503 and (await down.json())["helper"]["error"] == "helper_unavailable"
 
 
+def metric(text: str, name: str) -> float:
+    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    assert found is not None, f"no {name} in:\n{text}"
+    return float(found[1])
+
+
+async def test_metrics_count_logins_and_time_sessions(make_client: Any) -> None:
+    client = await make_client()
+    for _ in range(3):
+        await client.get("/login.ipxe", headers=basic("alice", "wrong"))
+    for _ in range(2):  # limited: alice has 3 failures
+        assert (await client.get("/login.ipxe", headers=basic("alice", "wonderland"))).status == 429
+    ok = await make_client()  # another broker: its own counts
+    await _boot_demo(ok)
+    await _boot_demo(ok)
+    text = await (await client.get("/metrics")).text()
+    assert metric(text, 'bootbroker_logins_total{result="failed"}') == 3
+    assert metric(text, 'bootbroker_logins_total{result="limited"}') == 2
+    assert metric(text, 'bootbroker_logins_total{result="ok"}') == 0
+    assert metric(text, "bootbroker_ensure_session_seconds_count") == 0
+    scraped = await ok.get("/metrics")
+    assert scraped.headers["Content-Type"].startswith("text/plain")
+    text = await scraped.text()
+    assert metric(text, 'bootbroker_logins_total{result="ok"}') == 2
+    assert metric(text, "bootbroker_ensure_session_seconds_count") == 2
+    assert metric(text, 'bootbroker_ensure_session_seconds_bucket{le="+Inf"}') == 2
+    assert metric(text, "bootbroker_helper_up") == 1 and metric(text, "bootbroker_live_sessions") == 2
+    assert metric(text, "bootbroker_store_free_bytes") == 1 << 30
+
+
+async def test_metrics_say_when_the_helper_is_down_and_count_failed_sessions(make_client: Any) -> None:
+    client = await make_client(FakeHelper(error=DOWN))
+    await _boot_demo(client)
+    text = await (await client.get("/metrics")).text()
+    assert metric(text, "bootbroker_helper_up") == 0 and "bootbroker_live_sessions" not in text
+    assert metric(text, "bootbroker_ensure_session_failures_total") == 1
+    assert "alice" not in text
+
+
 async def test_no_password_secret_or_token_reaches_the_logs(make_client: Any, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     client = await make_client()

@@ -1,0 +1,71 @@
+"""The broker's metrics in Prometheus' text format (version 0.0.4): counters and a histogram kept in memory,
+plus the helper's gauges (sessions, overlays, backups, free bytes) read from its `health` at scrape time.
+
+No names, addresses or secrets: only counts and times.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from typing import Any
+
+# ensure_session as the broker waits for it: a cold start makes an overlay and a target
+SESSION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+LOGIN_RESULTS = ("ok", "failed", "limited")  # failed: unknown user or wrong password; limited: too many failures
+# the helper's health -> (metric name, help)
+HELPER_GAUGES = {
+    "sessions": ("bootbroker_live_sessions", "Live boot sessions (users with an ACL on their target)."),
+    "overlays": ("bootbroker_overlays", "User overlays in the store."),
+    "backups": ("bootbroker_backups", "Overlays kept as backups by reset, rebase and restore."),
+    "store_free_bytes": ("bootbroker_store_free_bytes", "Free bytes in the store's filesystem."),
+}
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.logins: Counter[str] = Counter()
+        self.session_failures = 0
+        self._bucket_counts = [0] * (len(SESSION_BUCKETS) + 1)  # the last: above every bucket
+        self._session_sum = 0.0
+
+    def login(self, result: str) -> None:
+        assert result in LOGIN_RESULTS, result
+        self.logins[result] += 1
+
+    def session_started(self, seconds: float) -> None:
+        self._bucket_counts[bisect.bisect_left(SESSION_BUCKETS, seconds)] += 1
+        self._session_sum += seconds
+
+    def session_failed(self) -> None:
+        self.session_failures += 1
+
+    def render(self, helper: dict[str, Any] | None) -> str:
+        """The exposition text; `helper` is the helper's health, or None if it did not answer."""
+        lines = [
+            "# HELP bootbroker_logins_total Logins at the broker by result.",
+            "# TYPE bootbroker_logins_total counter",
+            *(f'bootbroker_logins_total{{result="{r}"}} {self.logins[r]}' for r in LOGIN_RESULTS),
+            "# HELP bootbroker_ensure_session_seconds Time the helper took to start a boot session.",
+            "# TYPE bootbroker_ensure_session_seconds histogram",
+        ]
+        total = 0
+        for bound, count in zip(SESSION_BUCKETS, self._bucket_counts):
+            total += count
+            lines.append(f'bootbroker_ensure_session_seconds_bucket{{le="{bound}"}} {total}')
+        total += self._bucket_counts[-1]
+        lines += [
+            f'bootbroker_ensure_session_seconds_bucket{{le="+Inf"}} {total}',
+            f"bootbroker_ensure_session_seconds_sum {self._session_sum:.6f}",
+            f"bootbroker_ensure_session_seconds_count {total}",
+            "# HELP bootbroker_ensure_session_failures_total Boot sessions the helper could not start.",
+            "# TYPE bootbroker_ensure_session_failures_total counter",
+            f"bootbroker_ensure_session_failures_total {self.session_failures}",
+            "# HELP bootbroker_helper_up Whether the helper answered this scrape.",
+            "# TYPE bootbroker_helper_up gauge",
+            f"bootbroker_helper_up {0 if helper is None else 1}",
+        ]
+        for key, (name, text) in HELPER_GAUGES.items():
+            if helper is not None and isinstance(helper.get(key), int):
+                lines += [f"# HELP {name} {text}", f"# TYPE {name} gauge", f"{name} {helper[key]}"]
+        return "\n".join(lines) + "\n"
