@@ -150,12 +150,13 @@ def cmd_backups(args: argparse.Namespace) -> int:
 def _sessions_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "no live sessions"
-    lines = [f"{'USER':20} {'IMAGE':16} {'VER':>4} {'SINCE':20} {'LOGGED IN':9} {'OVERLAY':>10}  INITIATOR"]
+    lines = [f"{'USER':20} {'IMAGE':16} {'VER':>4} {'SINCE':20} {'LOGGED IN':9} {'OVERLAY':>10} {'FILL':>5}  INITIATOR"]
     for r in rows:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["since"]))
+        fill = "-" if r["fill_percent"] is None else f"{r['fill_percent']:.0f}%"
         lines.append(
             f"{r['user']:20} {r['image']:16} {r['version']:>4} {since:20} {'yes' if r['logged_in'] else 'no':9} "
-            f"{r['overlay_bytes'] / 2**20:>8.1f}Mi  {r['initiator']}"
+            f"{r['overlay_bytes'] / 2**20:>8.1f}Mi {fill:>5}  {r['initiator']}"
         )
     return "\n".join(lines)
 

@@ -55,6 +55,8 @@ class StoreConfig:
     # dm-snapshot only: size of each overlay's copy-on-write file, as a percentage of the image size.
     cow_percent: int
     backup_days: int = 30  # reset and restore keep the overlays they set aside this long
+    min_free_percent: int = 5  # no new overlays when the store's free space falls below this
+    fill_warn_percent: int = 80  # dm-snapshot only: warn when a COW file is this full (full: invalid)
 
     @property
     def sessions_dir(self) -> Path:
@@ -343,7 +345,7 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Config:
     r.unknown_keys("top level", data, {"store", "helper", "iscsi", "broker", "images"})
 
     store_t = r.table("store")
-    r.unknown_keys("store", store_t, {"path", "backend", "cow_percent", "backup_days"})
+    r.unknown_keys("store", store_t, {"path", "backend", "cow_percent", "backup_days", "min_free_percent", "fill_warn_percent"})
     backend_text = r.value("store", store_t, "backend", str, BackendKind.REFLINK.value)
     try:
         backend = BackendKind(backend_text)
@@ -358,11 +360,19 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Config:
     backup_days = r.value("store", store_t, "backup_days", int, 30)
     if not 1 <= backup_days <= 3650:
         r.problems.append(f"[store] backup_days: must be 1..3650, got {backup_days}")
+    min_free_percent = r.value("store", store_t, "min_free_percent", int, 5)
+    if not 0 <= min_free_percent <= 99:
+        r.problems.append(f"[store] min_free_percent: must be 0..99, got {min_free_percent}")
+    fill_warn_percent = r.value("store", store_t, "fill_warn_percent", int, 80)
+    if not 1 <= fill_warn_percent <= 100:
+        r.problems.append(f"[store] fill_warn_percent: must be 1..100, got {fill_warn_percent}")
     store = StoreConfig(
         path=_absolute_path(r, "store", "path", r.value("store", store_t, "path", str)),
         backend=backend,
         cow_percent=cow_percent,
         backup_days=backup_days,
+        min_free_percent=min_free_percent,
+        fill_warn_percent=fill_warn_percent,
     )
 
     helper_t = r.table("helper")

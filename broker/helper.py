@@ -21,7 +21,7 @@ from .access import may_boot
 from .backends import Backend
 from .config import Config
 from .errors import (
-    BackendFailure, BadIdentifier, Conflict, NoSuchOverlay, NoSuchSession, NotPermitted, UnknownImage,
+    BackendFailure, BadIdentifier, Conflict, NoSuchOverlay, NoSuchSession, NotPermitted, StoreFull, UnknownImage,
 )
 from .identifiers import (
     check_backup_name, check_image_name, check_user_name, check_version, new_chap_secret, user_label,
@@ -122,6 +122,7 @@ class Helper:
         if meta is not None:
             return meta
         version = self.store.current_version(names.image)
+        self._check_reserve()
         work = self.store.new_overlay_workdir(names.image, names.label)
         try:
             started = time.monotonic()
@@ -133,6 +134,26 @@ class Helper:
             raise
         log.info("new overlay %s/%s from v%d in %.2f s", names.image, names.label, version, time.monotonic() - started)
         return meta
+
+    def _check_fill(self, user: str, image: str, storage_object: str) -> float | None:
+        """The overlay's fill level (dm-snapshot), with a warning in the log from [store] fill_warn_percent."""
+        fill = self.backend.fill_percent(storage_object)
+        if fill is not None and fill >= self.config.store.fill_warn_percent:
+            log.warning("the overlay of %s on %s is %.0f%% full; at 100%% it becomes invalid and its changes are "
+                        "lost: reset the user, or raise [store] cow_percent for new overlays", user, image, fill)
+        return fill
+
+    def _check_reserve(self) -> None:
+        """Refuse a new overlay when the store's free space is below [store] min_free_percent: the overlays
+        already there need that room to grow. Users who have an overlay still boot."""
+        free, size = self.store.free_bytes(), self.store.size_bytes()
+        reserve = size * self.config.store.min_free_percent // 100
+        if free < reserve:
+            raise StoreFull(
+                f"the store has {free / 2**30:.1f} GiB free, below the {self.config.store.min_free_percent}% "
+                f"({reserve / 2**30:.1f} GiB) kept for existing overlays: no new overlays until space is freed "
+                "(retire old image versions, let backups expire)"
+            )
 
     def _export(self, names: Names, meta: OverlayMeta) -> None:
         overlay = self.store.overlay_dir(names.image, names.label)
@@ -151,6 +172,7 @@ class Helper:
         with self._lock:
             meta = self._ensure_overlay(names)
             self._export(names, meta)
+            self._check_fill(names.user, names.image, names.storage_object)
             previous = self.book.get(names.image, names.user)
             session = BootSession(
                 image=names.image, user=names.user, label=names.label, version=meta.version,
@@ -291,6 +313,7 @@ class Helper:
                     "initiator": s.initiator,
                     "logged_in": self.lio.logged_in(self.config.iscsi.iqn.target(s.image, s.label), s.initiator),
                     "overlay_bytes": self.backend.used_bytes(overlay),
+                    "fill_percent": self._check_fill(s.user, s.image, storage_object_name(s.image, s.label)),
                 })
             return rows
 

@@ -212,6 +212,10 @@ class Store:
         st = os.statvfs(self.root)
         return st.f_bavail * st.f_frsize
 
+    def size_bytes(self) -> int:
+        st = os.statvfs(self.root)
+        return st.f_blocks * st.f_frsize
+
 
 def _listed(versions: list[int]) -> str:
     return ", ".join(f"v{v}" for v in versions)

@@ -63,12 +63,14 @@ class Deployment:
         self.domain = f"{backend.replace('-', '')}.lab.example.org"
         self.process: SpawnHandle | None = None
         self.golden: dict[str, str] = {}  # image -> sha256 of its first published version
+        self.store_options = ""  # more [store] lines (TOML); install() and a restart apply them
 
     def config_text(self) -> str:
         return f"""
 [store]
 path = "{self.store}"
 backend = "{self.backend}"
+{self.store_options}
 
 [helper]
 socket = "{self.socket}"

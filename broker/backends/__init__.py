@@ -33,6 +33,10 @@ class Backend(Protocol):
     def used_bytes(self, overlay: Path) -> int:
         """Bytes this overlay holds of its own (not shared with its golden image)."""
 
+    def fill_percent(self, name: str) -> float | None:
+        """How full an attached overlay's fixed-size store of changes is (100: it is lost), or None where
+        there is no such limit (reflink) or it is not attached."""
+
 
 def run_tool(argv: list[str], timeout: float = 60) -> str:
     try:

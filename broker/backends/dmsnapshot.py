@@ -86,6 +86,11 @@ class DmSnapshotBackend:
     def used_bytes(self, overlay: Path) -> int:
         return (overlay / COW).stat().st_blocks * 512
 
+    def fill_percent(self, name: str) -> float | None:
+        if not self._exists(name):
+            return None
+        return snapshot_fill(run_tool(["dmsetup", "status", name]))
+
     @staticmethod
     def _exists(name: str) -> bool:
         try:
@@ -93,3 +98,17 @@ class DmSnapshotBackend:
         except BackendFailure:
             return False
         return True
+
+
+def snapshot_fill(status: str) -> float | None:
+    """The COW fill level from `dmsetup status` of a snapshot: "0 65536 snapshot 1024/131072 16" is 0.78 %;
+    "Invalid" (the COW file overflowed) is 100; anything else (a merge, an unknown format) is None."""
+    fields = status.split()
+    if fields[2:3] != ["snapshot"] or len(fields) < 4:
+        return None
+    if fields[3] == "Invalid":
+        return 100.0
+    allocated, _, total = fields[3].partition("/")
+    if not (allocated.isdigit() and total.isdigit()) or int(total) == 0:
+        return None
+    return 100.0 * int(allocated) / int(total)

@@ -99,3 +99,6 @@ class ReflinkBackend:
 
     def used_bytes(self, overlay: Path) -> int:
         return exclusive_bytes(overlay / DISK)
+
+    def fill_percent(self, name: str) -> float | None:
+        return None  # a clone grows with the filesystem: no per-overlay limit

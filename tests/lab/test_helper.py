@@ -198,6 +198,42 @@ def test_helpdesk_restores_the_backup_of_a_user_with_a_live_session(deployment: 
     assert deployment.snapshot() == before
 
 
+def test_below_the_free_space_reserve_new_overlays_are_refused_and_existing_users_still_boot(
+    deployment: Deployment
+) -> None:
+    deployment.ensure_session("kim")  # has an overlay
+    deployment.stop()
+    deployment.store_options = "min_free_percent = 99"  # a nearly empty lab disk is "full" by this rule
+    deployment.install()
+    deployment.start()
+    try:
+        before = deployment.snapshot()
+        refused = deployment.cli("start-session", "lee", "demo", check=False)
+        expect_refused(refused, "store_full")
+        assert "below the 99%" in refused.stderr
+        assert deployment.snapshot() == before  # no half-made overlay
+        assert deployment.ensure_session("kim").chap_secret  # kim's overlay exists: she boots
+    finally:
+        deployment.stop()
+        deployment.store_options = ""
+        deployment.install()
+        deployment.start()
+    assert deployment.ensure_session("lee").chap_secret
+
+
+def test_dm_snapshot_overlays_report_their_fill_level_and_warn_before_they_overflow(deployment: Deployment) -> None:
+    grant = deployment.ensure_session("mia")
+    if deployment.backend == "reflink":
+        row = next(r for r in deployment.cli_json("sessions") if r["user"] == "mia")
+        assert row["fill_percent"] is None  # a clone has no fixed-size store of changes
+        return
+    assert qemu_io(deployment.lab, grant, f"write -P 0x33 0 {GOLDEN_MIB - 2}M").returncode == 0
+    row = next(r for r in deployment.cli_json("sessions") if r["user"] == "mia")
+    assert 80 <= row["fill_percent"] < 100, row
+    assert "the overlay of mia on demo is" in deployment.log() and "becomes invalid" in deployment.log()
+    assert re.search(r"^mia .* (8|9)\d% ", deployment.cli("sessions").stdout, re.MULTILINE)
+
+
 RAW_CLIENT = """
 import socket, sys
 s = socket.socket(socket.AF_UNIX)

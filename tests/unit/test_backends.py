@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 
 from broker.backends import filesystem_type, run_tool
+from broker.backends.dmsnapshot import snapshot_fill
 from broker.backends.reflink import ReflinkBackend
 from broker.errors import BackendFailure
 
@@ -27,3 +28,15 @@ def test_run_tool_reports_missing_and_failing_commands() -> None:
     with pytest.raises(BackendFailure, match="failed"):
         run_tool(["false"])
     assert run_tool(["echo", "hi"]) == "hi\n"
+
+
+@pytest.mark.parametrize("status, fill", [
+    ("0 65536 snapshot 1024/131072 16", 1024 / 131072 * 100),
+    ("0 65536 snapshot 131072/131072 16", 100.0),
+    ("0 65536 snapshot Invalid", 100.0),  # the COW file overflowed: the overlay's changes are lost
+    ("0 65536 snapshot-merge 16/128 16", None),
+    ("0 65536 snapshot 16/0 16", None),
+    ("0 65536 linear", None),
+])
+def test_snapshot_fill_from_dmsetup_status(status: str, fill: float | None) -> None:
+    assert snapshot_fill(status) == fill

@@ -161,3 +161,15 @@ def test_netroot_images_need_kernel_and_initrd_urls() -> None:
     sanboot["images"]["demo"]["kernel"] = "https://x/vmlinuz"
     with pytest.raises(ConfigError, match="only apply with boot"):
         parse(sanboot)
+
+
+def test_store_capacity_settings_have_defaults_and_ranges() -> None:
+    store = parse(example()).store
+    assert (store.backup_days, store.min_free_percent, store.fill_warn_percent) == (30, 5, 80)
+    data = example()
+    data["store"].update(backup_days=0, min_free_percent=100, fill_warn_percent=0)
+    with pytest.raises(ConfigError) as info:
+        parse(data)
+    assert [p.split(":")[0] for p in info.value.problems] == [
+        "[store] backup_days", "[store] min_free_percent", "[store] fill_warn_percent",
+    ]
