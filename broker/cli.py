@@ -174,7 +174,9 @@ def cmd_health(args: argparse.Namespace) -> int:
 def cmd_images_publish(args: argparse.Namespace) -> int:
     source = os.path.abspath(args.file)
     result = _client(args).call("publish", image=args.image, source=source)
-    print(f"published {result['image']} version {result['version']} from {source}")
+    print(f"published {result['image']} version {result['version']} from {source}\n"
+          f"  sha256 {result['sha256']}" + ("" if result["immutable"] else
+                                            "\n  (not made immutable: the store's filesystem has no such flag)"))
     return EXIT_OK
 
 

@@ -328,9 +328,10 @@ class Helper:
         if not path.is_file():
             raise BadIdentifier(f"{source} is not a regular file")
         with self._lock:
-            version = self.store.publish(image, path)
-        log.info("published %s v%d from %s", image, version, source)
-        return {"image": image, "version": version}
+            version, sha256, immutable = self.store.publish(image, path)
+        log.info("published %s v%d from %s (sha256 %s)%s", image, version, source, sha256,
+                 "" if immutable else "; the store's filesystem has no immutable flag")
+        return {"image": image, "version": version, "sha256": sha256, "immutable": immutable}
 
     def images(self) -> list[dict[str, Any]]:
         """Every configured image: its versions, which one is current, how many overlays and backups were
@@ -349,6 +350,7 @@ class Helper:
                     overlays, backups = pins.get((name, version), (0, 0))
                     versions.append({
                         "version": version, "current": version == current, "published": st.st_mtime,
+                        "sha256": self.store.checksum(name, version),
                         "size": st.st_size, "bytes_used": st.st_blocks * 512, "overlays": overlays, "backups": backups,
                     })
                 rows.append({"image": name, "description": image.description, "current": current, "versions": versions})

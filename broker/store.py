@@ -3,7 +3,8 @@
 The helper derives every path here from validated identifiers; nothing outside this module builds a
 path into the store. Files only: device work belongs to the storage backends.
 
-    <root>/images/<image>/v<N>.img      golden versions, mode 0444, never rewritten
+    <root>/images/<image>/v<N>.img      golden versions, mode 0444 and immutable (chattr +i), never rewritten
+    <root>/images/<image>/v<N>.sha256   its checksum, as sha256sum prints it
     <root>/images/<image>/current       the version new overlays are made from
     <root>/overlays/<image>/<label>/    one user's overlay: meta.json plus the backend's disk file
     <root>/backups/<image>/<label>/<stamp>/   overlays kept by reset
@@ -21,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import BadIdentifier, Conflict, UnknownImage
-from .files import write_atomically
+from .files import clone, set_immutable, sha256_of, write_atomically
 from .identifiers import check_version
 
 
@@ -102,24 +103,48 @@ class Store:
         if version is None:
             (self.images / image / "current").unlink(missing_ok=True)
         for v in doomed:
+            set_immutable(self.image_file(image, v), False)
             self.image_file(image, v).unlink()
+            self.checksum_file(image, v).unlink(missing_ok=True)
         return doomed
 
-    def publish(self, image: str, source: Path) -> int:
-        """Store `source` as the next version of `image` and make it current; returns the version."""
+    def publish(self, image: str, source: Path) -> tuple[int, str, bool]:
+        """Store `source` as the next version of `image` and make it current: a reflink clone where the
+        filesystem can (instant, no space), a copy otherwise; read-only, with its SHA-256 next to it, and
+        immutable where the filesystem has the flag. Returns the version, the checksum, and whether the
+        file is immutable."""
         size = source.stat().st_size
         if size == 0 or size % 512:
             raise BadIdentifier(f"{source} is {size} bytes; a disk image must be a non-zero multiple of 512")
         directory = self.images / image
         directory.mkdir(mode=0o700, exist_ok=True)
-        versions = [int(p.stem[1:]) for p in directory.glob("v*.img") if p.stem[1:].isdigit()]
-        version = max(versions, default=0) + 1
+        version = max(self.versions(image), default=0) + 1
         tmp = self.tmp / f"publish-{image}-{version}"
-        shutil.copyfile(source, tmp)
-        os.chmod(tmp, 0o444)
-        os.replace(tmp, self.image_file(image, version))
+        tmp.unlink(missing_ok=True)  # left by a crash
+        try:
+            try:
+                clone(source, tmp)
+            except OSError:  # another filesystem, or no reflink here
+                shutil.copyfile(source, tmp)
+            sha256 = sha256_of(tmp)
+            os.chmod(tmp, 0o444)
+            write_atomically(self.checksum_file(image, version), f"{sha256}  v{version}.img\n".encode(), 0o444)
+            os.replace(tmp, self.image_file(image, version))
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        immutable = set_immutable(self.image_file(image, version), True)
         write_atomically(directory / "current", f"{version}\n".encode(), 0o644)
-        return version
+        return version, sha256, immutable
+
+    def checksum_file(self, image: str, version: int) -> Path:
+        return self.images / image / f"v{version}.sha256"
+
+    def checksum(self, image: str, version: int) -> str | None:
+        try:
+            return self.checksum_file(image, version).read_text().split()[0]
+        except (FileNotFoundError, IndexError):
+            return None
 
     # overlays
 

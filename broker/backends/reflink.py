@@ -6,18 +6,16 @@ the number of extents, not the size; LIO exports the clone as a fileio backstore
 
 from __future__ import annotations
 
-import errno
 import fcntl
-import os
 import struct
 from pathlib import Path
 from typing import Literal
 
 from ..config import BackendKind
 from ..errors import BackendFailure, StoreFull
+from ..files import clone
 from . import filesystem_type
 
-FICLONE = 0x40049409
 FS_IOC_FIEMAP = 0xC020660B
 FIEMAP_FLAG_SYNC = 0x1
 FIEMAP_EXTENT_LAST = 0x1
@@ -27,22 +25,6 @@ _FIEMAP_EXTENT = struct.Struct("=QQQQQLLLL")
 _EXTENTS_PER_CALL = 512
 
 DISK = "disk.img"
-
-
-def clone(source: Path, destination: Path) -> None:
-    """Reflink `source` to the new file `destination`; nothing is left behind on failure."""
-    with open(source, "rb") as src:
-        fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            fcntl.ioctl(fd, FICLONE, src.fileno())
-            os.fsync(fd)
-        except OSError as e:
-            os.unlink(destination)
-            if e.errno == errno.ENOSPC:
-                raise StoreFull("the store is full; no overlay was made") from None
-            raise
-        finally:
-            os.close(fd)
 
 
 def exclusive_bytes(path: Path) -> int:
@@ -89,7 +71,10 @@ class ReflinkBackend:
                 p.unlink(missing_ok=True)
 
     def create(self, golden: Path, work: Path) -> None:
-        clone(golden, work / DISK)
+        try:
+            clone(golden, work / DISK)
+        except StoreFull:
+            raise StoreFull("the store is full; no overlay was made") from None
 
     def attach(self, golden: Path, overlay: Path, name: str) -> Path:
         return overlay / DISK

@@ -345,6 +345,10 @@ def test_images_list_versions_and_retire_refuses_what_is_in_use(deployment: Depl
     assert listed["demo"]["current"] == 2 and demo[2]["current"] and not demo[1]["current"]
     assert demo[1]["overlays"] >= 1 and demo[2]["overlays"] == 0
     assert demo[1]["size"] == GOLDEN_MIB * 2**20
+    assert demo[1]["sha256"] == deployment.golden_sha256("demo", 1)  # what sha256sum says
+    golden = f"{deployment.store}/images/demo/v1.img"
+    assert "i" in deployment.lab.run(["lsattr", golden]).stdout.split()[0]  # immutable (chattr +i)
+    assert deployment.lab.run(["rm", "-f", golden], check=False).rc != 0  # not even root deletes it
     table = deployment.cli("images", "list").stdout
     assert re.search(r"^demo +2 yes ", table, re.MULTILINE), table
 

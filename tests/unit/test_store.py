@@ -1,21 +1,25 @@
+import hashlib
 import os
 import shutil
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from broker.errors import BadIdentifier, Conflict, UnknownImage
-from broker.files import write_atomically
+from broker.files import is_immutable, set_immutable, sha256_of, write_atomically
 from broker.store import OverlayMeta, Store
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
+def store(tmp_path: Path) -> Iterator[Store]:
     s = Store(tmp_path / "store")
     (tmp_path / "store").mkdir()
     s.prepare()
-    return s
+    yield s
+    for image in s.images.glob("*/v*.img"):  # published versions are immutable where the filesystem allows
+        set_immutable(image, False)
 
 
 def test_prepare_refuses_a_missing_root(tmp_path: Path) -> None:
@@ -28,13 +32,17 @@ def test_publish_makes_read_only_numbered_versions(store: Store, tmp_path: Path)
     source.write_bytes(b"\1" * 4096)
     with pytest.raises(UnknownImage):
         store.current_version("demo")
-    assert store.publish("demo", source) == 1
+    assert store.publish("demo", source)[0] == 1
     source.write_bytes(b"\2" * 4096)
-    assert store.publish("demo", source) == 2
+    assert store.publish("demo", source)[0] == 2
     assert store.current_version("demo") == 2
     first = store.image_file("demo", 1)
     assert first.read_bytes() == b"\1" * 4096
     assert stat.S_IMODE(first.stat().st_mode) == 0o444
+    assert store.checksum("demo", 1) == hashlib.sha256(b"\1" * 4096).hexdigest()
+    if is_immutable(first):  # ext4, btrfs, XFS; not tmpfs
+        with pytest.raises(PermissionError):
+            first.unlink()
     assert not list(store.tmp.iterdir())
 
 
@@ -142,3 +150,16 @@ def test_backups_expire_by_the_time_they_were_set_aside(store: Store) -> None:
     assert store.expired_backups(30, march_15) == [old]
     assert store.expired_backups(80, march_15) == []
     assert store.expired_backups(10, march_15) == [old, new]
+
+
+def test_sha256_of_a_sparse_file_hashes_its_holes_as_zeros(tmp_path: Path) -> None:
+    sparse = tmp_path / "sparse.img"
+    with open(sparse, "wb") as f:
+        f.seek(3 << 20)
+        f.write(b"data in the middle")
+        f.truncate(8 << 20)  # a hole at the end too
+    content = bytes(3 << 20) + b"data in the middle" + bytes((8 << 20) - (3 << 20) - 18)
+    assert sha256_of(sparse) == hashlib.sha256(content).hexdigest()
+    empty = tmp_path / "empty.img"
+    empty.write_bytes(b"")
+    assert sha256_of(empty) == hashlib.sha256(b"").hexdigest()
