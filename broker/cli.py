@@ -172,8 +172,15 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 def cmd_images_publish(args: argparse.Namespace) -> int:
-    source = os.path.abspath(args.file)
-    result = _client(args).call("publish", image=args.image, source=source)
+    if (args.file is None) == (args.from_overlay is None):
+        raise SystemExit("bootbroker images publish: give FILE or --from-overlay IMAGE USER (one of them)")
+    if args.from_overlay:
+        from_image, user = args.from_overlay
+        source = f"the overlay of {user} on {from_image}"
+        result = _client(args).call("publish_overlay", image=args.image, from_image=from_image, user=user)
+    else:
+        source = os.path.abspath(args.file)
+        result = _client(args).call("publish", image=args.image, source=source)
     print(f"published {result['image']} version {result['version']} from {source}\n"
           f"  sha256 {result['sha256']}" + ("" if result["immutable"] else
                                             "\n  (not made immutable: the store's filesystem has no such flag)"))
@@ -264,10 +271,18 @@ def build_parser() -> argparse.ArgumentParser:
     add("health", cmd_health, "show the helper's health summary", True)
     images = sub.add_parser("images", help="manage golden images", description="manage golden images")
     images_sub = images.add_subparsers(dest="images_command", required=True, metavar="ACTION")
-    publish = images_sub.add_parser("publish", help="store FILE as the next version of IMAGE (root)")
+    publish = images_sub.add_parser(
+        "publish", help="store FILE, or a user's prepared disk, as the next version of IMAGE (root)",
+        description="Store a raw disk image FILE, or with --from-overlay a user's overlay (a teacher's prepared "
+                    "disk: its golden version with their changes; they must not be logged in), as the next "
+                    "version of IMAGE. It becomes current: new overlays are made from it, existing ones stay on "
+                    "theirs (see rebase). Reflinked where the store can, checksummed, made immutable.",
+    )
     publish.set_defaults(handler=cmd_images_publish)
     publish.add_argument("image", help="an image named in the configuration")
-    publish.add_argument("file", help="a raw disk image file")
+    publish.add_argument("file", nargs="?", help="a raw disk image file")
+    publish.add_argument("--from-overlay", nargs=2, metavar=("FROM_IMAGE", "USER"),
+                         help="publish USER's overlay of FROM_IMAGE instead of a file")
     listing = images_sub.add_parser(
         "list", help="versions of every image: current, size, bytes used, overlays and backups made from each",
     )

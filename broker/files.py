@@ -9,6 +9,7 @@ import fcntl
 import hashlib
 import os
 import secrets
+import shutil
 import struct
 from pathlib import Path
 
@@ -62,6 +63,36 @@ def clone(source: Path, destination: Path) -> None:
             raise
         finally:
             os.close(fd)
+
+
+def clone_or_copy(source: Path, destination: Path) -> None:
+    """A reflink clone where the filesystem can (instant, shares the blocks), else a full copy."""
+    try:
+        clone(source, destination)
+    except StoreFull:
+        raise
+    except OSError:  # another filesystem, or no reflink here
+        shutil.copyfile(source, destination)
+
+
+def copy_sparse(source: Path, destination: Path, size: int) -> None:
+    """Copy `size` bytes of a file or block device into the new file `destination`, leaving holes where
+    the source reads as zeros (a disk is mostly empty)."""
+    zeros = bytes(_CHUNK)
+    with open(source, "rb") as src, open(destination, "xb") as dst:
+        at = 0
+        while at < size:
+            block = src.read(min(_CHUNK, size - at))
+            if not block:
+                raise OSError(errno.EIO, f"{source} ended at byte {at} of {size}")
+            if block == zeros[:len(block)]:
+                dst.seek(len(block), os.SEEK_CUR)
+            else:
+                dst.write(block)
+            at += len(block)
+        dst.truncate(size)
+        dst.flush()
+        os.fsync(dst.fileno())
 
 
 def set_immutable(path: Path, immutable: bool) -> bool:

@@ -44,6 +44,7 @@ PERMISSIONS: dict[str, Role] = {
     "sessions": Role.ROOT | Role.HELPDESK,
     "health": Role.ROOT | Role.BROKER | Role.HELPDESK,
     "publish": Role.ROOT,
+    "publish_overlay": Role.ROOT,
     "images": Role.ROOT | Role.HELPDESK,
     "retire": Role.ROOT,
     "restore": Role.ROOT | Role.HELPDESK,

@@ -25,6 +25,7 @@ OPERATIONS: dict[str, frozenset[str]] = {
     "sessions": frozenset(),
     "health": frozenset(),
     "publish": frozenset({"image", "source"}),
+    "publish_overlay": frozenset({"image", "from_image", "user"}),
     "images": frozenset(),
     "retire": frozenset({"image", "version"}),  # version null: every version
     "restore": frozenset({"image", "user", "backup"}),  # backup null: the newest

@@ -16,13 +16,13 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-import shutil
+from collections.abc import Callable
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import BadIdentifier, Conflict, UnknownImage
-from .files import clone, set_immutable, sha256_of, write_atomically
+from .files import clone_or_copy, set_immutable, sha256_of, write_atomically
 from .identifiers import check_version
 
 
@@ -116,16 +116,20 @@ class Store:
         size = source.stat().st_size
         if size == 0 or size % 512:
             raise BadIdentifier(f"{source} is {size} bytes; a disk image must be a non-zero multiple of 512")
+        return self.publish_with(image, lambda tmp: clone_or_copy(source, tmp))
+
+    def publish_with(self, image: str, fill: Callable[[Path], None]) -> tuple[int, str, bool]:
+        """Publish the next version of `image` from whatever `fill(path)` writes at the new file `path`."""
         directory = self.images / image
         directory.mkdir(mode=0o700, exist_ok=True)
         version = max(self.versions(image), default=0) + 1
         tmp = self.tmp / f"publish-{image}-{version}"
         tmp.unlink(missing_ok=True)  # left by a crash
         try:
-            try:
-                clone(source, tmp)
-            except OSError:  # another filesystem, or no reflink here
-                shutil.copyfile(source, tmp)
+            fill(tmp)
+            size = tmp.stat().st_size
+            if size == 0 or size % 512:
+                raise BadIdentifier(f"the new version is {size} bytes; a disk image must be a non-zero multiple of 512")
             sha256 = sha256_of(tmp)
             os.chmod(tmp, 0o444)
             write_atomically(self.checksum_file(image, version), f"{sha256}  v{version}.img\n".encode(), 0o444)

@@ -33,6 +33,10 @@ class Backend(Protocol):
     def used_bytes(self, overlay: Path) -> int:
         """Bytes this overlay holds of its own (not shared with its golden image)."""
 
+    def materialize(self, golden: Path, overlay: Path, name: str, destination: Path) -> None:
+        """Write the overlay's whole disk (its golden version with the user's changes) to the new file
+        `destination`. The overlay must not be written meanwhile (no initiator logged in)."""
+
     def fill_percent(self, name: str) -> float | None:
         """How full an attached overlay's fixed-size store of changes is (100: it is lost), or None where
         there is no such limit (reflink) or it is not attached."""

@@ -15,6 +15,7 @@ from typing import Literal
 
 from ..config import BackendKind
 from ..errors import BackendFailure, StoreFull
+from ..files import copy_sparse
 from . import run_tool
 
 COW = "cow.img"
@@ -85,6 +86,17 @@ class DmSnapshotBackend:
 
     def used_bytes(self, overlay: Path) -> int:
         return (overlay / COW).stat().st_blocks * 512
+
+    def materialize(self, golden: Path, overlay: Path, name: str, destination: Path) -> None:
+        was_attached = self._exists(name)
+        device = self.attach(golden, overlay, name)
+        try:
+            copy_sparse(device, destination, golden.stat().st_size)
+        except OSError as e:
+            raise BackendFailure(f"cannot read the overlay's disk {device}: {e.strerror or e}") from None
+        finally:
+            if not was_attached:
+                self.detach(overlay, name)
 
     def fill_percent(self, name: str) -> float | None:
         if not self._exists(name):

@@ -13,7 +13,7 @@ from typing import Literal
 
 from ..config import BackendKind
 from ..errors import BackendFailure, StoreFull
-from ..files import clone
+from ..files import clone, clone_or_copy
 from . import filesystem_type
 
 FS_IOC_FIEMAP = 0xC020660B
@@ -84,6 +84,9 @@ class ReflinkBackend:
 
     def used_bytes(self, overlay: Path) -> int:
         return exclusive_bytes(overlay / DISK)
+
+    def materialize(self, golden: Path, overlay: Path, name: str, destination: Path) -> None:
+        clone_or_copy(overlay / DISK, destination)
 
     def fill_percent(self, name: str) -> float | None:
         return None  # a clone grows with the filesystem: no per-overlay limit

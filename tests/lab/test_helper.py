@@ -372,3 +372,39 @@ def test_images_list_versions_and_retire_refuses_what_is_in_use(deployment: Depl
     other = next(row for row in deployment.cli_json("images", "list") if row["image"] == "other")
     assert other["current"] is None and other["versions"] == []
     expect_refused(deployment.cli("start-session", "ivan", "other", check=False), "unknown_image")
+
+
+def test_a_users_prepared_disk_is_published_as_the_next_version_of_an_image(deployment: Deployment) -> None:
+    # After the images test, which retired every version of "other".
+    lab = deployment.lab
+    teacher = deployment.ensure_session("tess")
+    assert qemu_io(lab, teacher, "write -P 0x44 0 1M").returncode == 0  # she prepares the disk
+    publish = ("images", "publish", "other", "--from-overlay", "demo")
+    client = subprocess.Popen(  # and is still logged in
+        qemu_io_argv(lab, teacher), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        assert client.stdin is not None
+        client.stdin.write("read 0 4096\n")
+        client.stdin.flush()
+        assert "read 4096/4096 bytes" in _read_until(client, "ops/sec", 60)
+        refused = deployment.cli(*publish, "tess", check=False)
+        expect_refused(refused, "conflict")
+        assert "tess is logged in on demo" in refused.stderr
+    finally:
+        client.kill()
+        client.wait()
+    deadline = time.monotonic() + 30  # LIO notices the closed connection
+    while any(s["logged_in"] for s in deployment.cli_json("sessions") if s["user"] == "tess"):
+        assert time.monotonic() < deadline, "tess's session stayed logged in"
+        time.sleep(1)
+    expect_refused(deployment.cli(*publish, "tess", user="deskstaff", check=False), "not_permitted")
+    expect_refused(deployment.cli(*publish, "nobody-here", check=False), "no_such_overlay")
+
+    published = deployment.cli(*publish, "tess").stdout
+    assert "from the overlay of tess on demo" in published and "sha256 " in published
+    student = deployment.ensure_session("uma", "other")  # a new overlay, from the published version
+    done = qemu_io(lab, student, "read -P 0x44 0 1M")
+    assert done.returncode == 0 and "Pattern verification failed" not in done.stdout, done.stdout + done.stderr
+    again = deployment.ensure_session("tess")  # her own disk is untouched
+    assert "Pattern verification failed" not in qemu_io(lab, again, "read -P 0x44 0 1M").stdout

@@ -46,6 +46,10 @@ class Operations:
         self.calls.append(("publish", {}))
         return {}
 
+    def publish_overlay(self, image: str, from_image: str, user: str) -> dict[str, Any]:
+        self.calls.append(("publish_overlay", {}))
+        return {}
+
     def images(self) -> list[Any]:
         self.calls.append(("images", {}))
         return []
@@ -83,6 +87,8 @@ def test_every_operation_has_a_permission() -> None:
         (Role.HELPDESK, "ensure_session", False),
         (Role.HELPDESK, "publish", False),
         (Role.HELPDESK, "images", True),
+        (Role.HELPDESK, "publish_overlay", False),
+        (Role.BROKER, "publish_overlay", False),
         (Role.HELPDESK, "retire", False),
         (Role.BROKER, "images", False),
         (Role.BROKER, "retire", False),
@@ -100,7 +106,8 @@ def test_every_operation_has_a_permission() -> None:
 def test_permissions(roles: Role, op: str, allowed: bool) -> None:
     operations = Operations()
     server = HelperServer(operations, HelperConfig(Path("/x"), "b", "h"), Groups(1, 2))  # type: ignore[arg-type]
-    values = {"image": "demo", "user": "alice", "source": "/x", "version": 2, "backup": None}
+    values = {"image": "demo", "user": "alice", "source": "/x", "version": 2, "backup": None,
+              "from_image": "demo"}
     args = {name: values[name] for name in OPERATIONS[op]}
     reply = json.loads(asyncio.run(server.answer(Peer(1, 1000, 1000, roles), encode_request(op, args))))
     if allowed:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from broker.errors import BadIdentifier, Conflict, UnknownImage
-from broker.files import is_immutable, set_immutable, sha256_of, write_atomically
+from broker.files import copy_sparse, is_immutable, set_immutable, sha256_of, write_atomically
 from broker.store import OverlayMeta, Store
 
 
@@ -163,3 +163,17 @@ def test_sha256_of_a_sparse_file_hashes_its_holes_as_zeros(tmp_path: Path) -> No
     empty = tmp_path / "empty.img"
     empty.write_bytes(b"")
     assert sha256_of(empty) == hashlib.sha256(b"").hexdigest()
+
+
+def test_copy_sparse_keeps_the_content_and_leaves_zeros_as_holes(tmp_path: Path) -> None:
+    source = tmp_path / "disk.raw"
+    content = b"\x55" * 4096 + bytes(4 << 20) + b"end"
+    source.write_bytes(content + bytes(509))  # 512-byte multiple; zeros at the end
+    copy = tmp_path / "copy.img"
+    copy_sparse(source, copy, source.stat().st_size)
+    assert copy.read_bytes() == source.read_bytes()
+    assert copy.stat().st_blocks * 512 < 2 << 20  # the 4 MiB of zeros are a hole
+    with pytest.raises(FileExistsError):
+        copy_sparse(source, copy, source.stat().st_size)  # never over an existing file
+    with pytest.raises(OSError, match="ended at byte"):
+        copy_sparse(source, tmp_path / "longer.img", source.stat().st_size + 512)
