@@ -34,6 +34,7 @@ CHAP_SECRET = re.compile(f"[{CHAP_ALPHABET}]{{12,64}}")
 PAUSE_MS = 8000  # how long a message stays on screen before the login prompt comes back
 NOTE_TTL = 120.0  # seconds a failure's message waits for the screen to ask for it
 MAX_NOTES = 4096
+PUBLISHED_TTL = 5.0  # seconds the broker trusts the helper's list of published images (a boot storm asks once)
 
 
 class Authenticator(Protocol):
@@ -42,6 +43,7 @@ class Authenticator(Protocol):
 
 class SessionHelper(Protocol):
     async def ensure_session(self, image: str, user: str) -> dict[str, Any]: ...
+    async def published(self) -> list[str]: ...
     async def health(self) -> dict[str, Any]: ...
 
 
@@ -154,6 +156,7 @@ class BootFlow:
         self.notes = FailureNotes(clock)
         self.metrics = Metrics()
         self._clock = clock
+        self._published: tuple[float, frozenset[str]] = (float("-inf"), frozenset())
 
     # URLs the scripts use. The login URL carries iPXE's own expansion of the typed credentials.
 
@@ -215,7 +218,8 @@ class BootFlow:
         self.limiter.succeeded(user)
         self.metrics.login("ok")
         groups = await asyncio.to_thread(self.directory.groups_of, user)
-        images = permitted_images(self.config.images, user, groups)
+        published = await self._published_images()
+        images = [image for image in permitted_images(self.config.images, user, groups) if image.name in published]
         if not images:
             raise NotPermitted(f"{user} logged in but may boot no image")
         log.info("login of %s from %s: %d image(s)", user, address, len(images))
@@ -234,6 +238,14 @@ class BootFlow:
             "message_url": self.url("/message.ipxe"),
             "entry_url": self.url("/boot.ipxe"),
         })
+
+    async def _published_images(self) -> frozenset[str]:
+        """The images with a published version, from the helper, cached for PUBLISHED_TTL seconds."""
+        expiry, names = self._published
+        if self._clock() >= expiry:
+            names = frozenset(await self.helper.published())
+            self._published = (self._clock() + PUBLISHED_TTL, names)
+        return names
 
     async def boot(self, image_name: str, token: str, address: str) -> str:
         """Verify the link, have the helper start a boot session, and answer the image's boot script."""

@@ -359,6 +359,10 @@ class Helper:
                  names.image, meta.version, sha256)
         return {"image": image, "version": version, "sha256": sha256, "immutable": immutable}
 
+    def published(self) -> list[str]:
+        """The configured images that have a current version: what a menu may offer. Reads only, no lock."""
+        return [name for name in self.config.images if self.store.has_current(name)]
+
     def images(self) -> list[dict[str, Any]]:
         """Every configured image: its versions, which one is current, how many overlays and backups were
         made from each, file size and bytes used. Reads only."""
@@ -417,6 +421,7 @@ def run_operation(helper: Helper, op: str, args: dict[str, Any]) -> Any:
         "health": helper.health,
         "publish": helper.publish,
         "images": helper.images,
+        "published": helper.published,
         "publish_overlay": helper.publish_overlay,
         "restore": helper.restore,
         "rebase": helper.rebase,

@@ -46,6 +46,7 @@ PERMISSIONS: dict[str, Role] = {
     "publish": Role.ROOT,
     "publish_overlay": Role.ROOT,
     "images": Role.ROOT | Role.HELPDESK,
+    "published": Role.ROOT | Role.BROKER | Role.HELPDESK,
     "retire": Role.ROOT,
     "restore": Role.ROOT | Role.HELPDESK,
     "backups": Role.ROOT | Role.HELPDESK,

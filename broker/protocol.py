@@ -27,6 +27,7 @@ OPERATIONS: dict[str, frozenset[str]] = {
     "publish": frozenset({"image", "source"}),
     "publish_overlay": frozenset({"image", "from_image", "user"}),
     "images": frozenset(),
+    "published": frozenset(),
     "retire": frozenset({"image", "version"}),  # version null: every version
     "restore": frozenset({"image", "user", "backup"}),  # backup null: the newest
     "backups": frozenset(),

@@ -45,6 +45,10 @@ class ThreadedHelper:
         result: dict[str, Any] = await self._call("ensure_session", image=image, user=user)
         return result
 
+    async def published(self) -> list[str]:
+        result: list[str] = await self._call("published")
+        return result
+
     async def health(self) -> dict[str, Any]:
         result: dict[str, Any] = await self._call("health")
         return result

@@ -64,6 +64,9 @@ class Store:
         except (ValueError, BadIdentifier):
             raise UnknownImage(f"image {image!r} has a damaged 'current' file") from None
 
+    def has_current(self, image: str) -> bool:
+        return (self.images / image / "current").is_file()
+
     def image_file(self, image: str, version: int) -> Path:
         return self.images / image / f"v{version}.img"
 

@@ -13,10 +13,12 @@ import hashlib
 import re
 import ssl
 import statistics
+import time
 from collections.abc import Iterator
 
 import pytest
 
+from broker.boot import PUBLISHED_TTL
 from lab.broker import SERVICE_ACCOUNT, BrokerDeployment, grant_from_script, running
 from lab.deployment import iscsi_tool
 from lab.vm import Lab
@@ -131,11 +133,18 @@ def test_a_second_login_rotates_the_credentials(broker: BrokerDeployment) -> Non
     assert fresh.returncode == 0, fresh.stderr
 
 
-def test_an_image_configured_but_never_published_fails_with_a_message(broker: BrokerDeployment) -> None:
-    """`other` is in the configuration (so in the menu) but has no published version in this store: the
-    helper's refusal crosses the socket and becomes an error status and a script, not a traceback."""
+def test_only_published_images_are_offered_and_one_retired_after_the_menu_fails_with_a_message(
+    broker: BrokerDeployment
+) -> None:
+    """`other` is in the configuration but has no published version: the menu leaves it out. Once
+    published it is offered; retired before the boot link is followed, the helper's refusal crosses the
+    socket and becomes an error status and a script, not a traceback."""
+    assert "item image-other" not in broker.login("student1").body
+    broker.helper.publish_random_golden("other")
+    time.sleep(PUBLISHED_TTL + 0.5)  # the broker's cached list of published images
     menu = broker.login("student1")
     assert "item image-other" in menu.body
+    broker.helper.cli("images", "retire", "other")
     answer = broker.boot(menu.body, "other")
     assert answer.status == 404 and "That disk does not exist" in answer.body, (answer.status, answer.body)
     message = broker.curl("/message.ipxe")

@@ -229,8 +229,11 @@ async def test_bad_boot_requests(make_client: Any, path: str, status: int) -> No
 
 
 async def _boot_demo(client: TestClient) -> Any:
-    menu = await (await client.get("/login.ipxe", headers=basic("alice", "wonderland"))).text()
-    return await client.get(boot_links(menu)["demo"])
+    """Log in as alice and boot demo; the login's answer if it failed (a helper that is down fails there)."""
+    login = await client.get("/login.ipxe", headers=basic("alice", "wonderland"))
+    if login.status != 200:
+        return login
+    return await client.get(boot_links(await login.text())["demo"])
 
 
 @pytest.mark.parametrize("helper, status, message", [
@@ -254,6 +257,15 @@ async def test_a_broken_helper_gets_a_clear_message_and_status(
 async def test_a_slow_helper_still_answers(make_client: Any) -> None:
     client = await make_client(FakeHelper("slow"))
     assert (await _boot_demo(client)).status == 200
+
+
+async def test_the_menu_offers_only_published_images(make_client: Any) -> None:
+    client = await make_client(FakeHelper(images=("demo",)))  # linux is configured but not published
+    menu = await (await client.get("/login.ipxe", headers=basic("alice", "wonderland"))).text()
+    assert set(boot_links(menu)) == {"demo"}
+    none = await make_client(FakeHelper(images=()))
+    response = await none.get("/login.ipxe", headers=basic("alice", "wonderland"))
+    assert response.status == 403 and "You may not boot any disk here" in await response.text()
 
 
 async def test_a_user_who_may_boot_nothing_is_told(make_client: Any) -> None:
@@ -313,10 +325,12 @@ async def test_metrics_count_logins_and_time_sessions(make_client: Any) -> None:
 
 
 async def test_metrics_say_when_the_helper_is_down_and_count_failed_sessions(make_client: Any) -> None:
-    client = await make_client(FakeHelper(error=DOWN))
-    await _boot_demo(client)
-    text = await (await client.get("/metrics")).text()
+    down = await make_client(FakeHelper(error=DOWN))
+    text = await (await down.get("/metrics")).text()
     assert metric(text, "bootbroker_helper_up") == 0 and "bootbroker_live_sessions" not in text
+    full = await make_client(FakeHelper(error=StoreFull("no space")))
+    assert (await _boot_demo(full)).status == 507
+    text = await (await full.get("/metrics")).text()
     assert metric(text, "bootbroker_ensure_session_failures_total") == 1
     assert "alice" not in text
 

@@ -55,9 +55,11 @@ class FakeDirectory:
 class FakeHelper:
     """A helper that grants sessions; `mode` makes it fail: "down", "slow", "store_full", "garbage"."""
 
-    def __init__(self, mode: str = "ok", error: BrokerError | None = None) -> None:
+    def __init__(self, mode: str = "ok", error: BrokerError | None = None,
+                 images: tuple[str, ...] = ("demo", "linux", "staff")) -> None:
         self.mode = mode
         self.error = error
+        self.images = images  # those with a published version
         self.sessions: list[tuple[str, str]] = []
 
     async def ensure_session(self, image: str, user: str) -> dict[str, Any]:
@@ -77,6 +79,11 @@ class FakeHelper:
             "chap_user": label,
             "chap_secret": CHAP_SECRET,
         }
+
+    async def published(self) -> list[str]:
+        if isinstance(self.error, HelperUnavailable):  # other errors are ensure_session's
+            raise self.error
+        return list(self.images)
 
     async def health(self) -> dict[str, Any]:
         if self.error is not None:
