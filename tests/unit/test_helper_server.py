@@ -50,6 +50,9 @@ class Operations:
         self.calls.append(("publish_overlay", {}))
         return {}
 
+    def published(self) -> list[str]:
+        return ["demo"]
+
     def images(self) -> list[Any]:
         self.calls.append(("images", {}))
         return []
@@ -89,6 +92,8 @@ def test_every_operation_has_a_permission() -> None:
         (Role.HELPDESK, "images", True),
         (Role.HELPDESK, "publish_overlay", False),
         (Role.BROKER, "publish_overlay", False),
+        (Role.BROKER, "published", True),
+        (Role.NONE, "published", False),
         (Role.HELPDESK, "retire", False),
         (Role.BROKER, "images", False),
         (Role.BROKER, "retire", False),
