@@ -18,6 +18,7 @@ from aiohttp import web
 from .access import NssDirectory
 from .boot import BootFlow
 from .config import BrokerConfig, Config
+from .errors import BadRequest, InternalError, UnsupportedVersion
 from .helper_client import HelperClient
 from .limiter import LoginLimiter
 from .pam_auth import PamAuthenticator
@@ -39,7 +40,12 @@ class ThreadedHelper:
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="helper")
 
     async def _call(self, op: str, **args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, lambda: self._client.call(op, **args))
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, lambda: self._client.call(op, **args))
+        except (BadRequest, UnsupportedVersion) as e:
+            # The helper refused what the broker sent (a bug, or a helper of another version): not the
+            # workstation's fault, so not a message for its screen. The detail stays in the log.
+            raise InternalError(f"the helper refused the broker's {op}: {e.code.value}: {e.message}") from None
 
     async def ensure_session(self, image: str, user: str) -> dict[str, Any]:
         result: dict[str, Any] = await self._call("ensure_session", image=image, user=user)

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from broker.cli import main
+from broker.errors import BadRequest, InternalError
+from broker.serve import ThreadedHelper
 
 CONFIG = """
 [store]
@@ -110,3 +112,19 @@ def test_serve_needs_a_broker_section(tmp_path: Path, capsys: pytest.CaptureFixt
                       + '[images.demo]\ndescription = "Demo disk"\nusers = ["*"]\n')
     assert main(["--config", str(config), "serve"]) == 3
     assert "[broker]: missing" in capsys.readouterr().err
+
+
+class RefusingClient:
+    """A helper client whose helper does not know the operation (another version): BadRequest."""
+
+    def call(self, op: str, **args: object) -> object:
+        raise BadRequest("unknown operation; known: ensure_session, health")
+
+
+async def test_a_request_the_helper_refuses_is_the_brokers_fault_not_the_workstations() -> None:
+    helper = ThreadedHelper(RefusingClient())  # type: ignore[arg-type]
+    try:
+        with pytest.raises(InternalError, match="the helper refused the broker's published: bad_request"):
+            await helper.published()
+    finally:
+        helper.close()
