@@ -259,6 +259,14 @@ def _positive(r: _Reader, section: str, table: dict[str, Any], key: str, default
     return value
 
 
+def _in_range(r: _Reader, section: str, table: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
+    value: int = r.value(section, table, key, int, default)
+    if not low <= value <= high:
+        r.problems.append(f"[{section}] {key}: must be {low}..{high}, got {value}")
+        return default
+    return value
+
+
 def _url(r: _Reader, text: str | None, insecure_http: bool) -> tuple[str, str]:
     """The broker's base URL, checked; and its host without the port."""
     if text is None:
@@ -354,18 +362,10 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Config:
             f"[store] backend: must be one of {', '.join(repr(b.value) for b in BackendKind)}, got {backend_text!r}"
         )
         backend = BackendKind.REFLINK
-    cow_percent = r.value("store", store_t, "cow_percent", int, 100)
-    if not 1 <= cow_percent <= 1000:
-        r.problems.append(f"[store] cow_percent: must be 1..1000, got {cow_percent}")
-    backup_days = r.value("store", store_t, "backup_days", int, 30)
-    if not 1 <= backup_days <= 3650:
-        r.problems.append(f"[store] backup_days: must be 1..3650, got {backup_days}")
-    min_free_percent = r.value("store", store_t, "min_free_percent", int, 5)
-    if not 0 <= min_free_percent <= 99:
-        r.problems.append(f"[store] min_free_percent: must be 0..99, got {min_free_percent}")
-    fill_warn_percent = r.value("store", store_t, "fill_warn_percent", int, 80)
-    if not 1 <= fill_warn_percent <= 100:
-        r.problems.append(f"[store] fill_warn_percent: must be 1..100, got {fill_warn_percent}")
+    cow_percent = _in_range(r, "store", store_t, "cow_percent", 100, 1, 1000)
+    backup_days = _in_range(r, "store", store_t, "backup_days", 30, 1, 3650)
+    min_free_percent = _in_range(r, "store", store_t, "min_free_percent", 5, 0, 99)
+    fill_warn_percent = _in_range(r, "store", store_t, "fill_warn_percent", 80, 1, 100)
     store = StoreConfig(
         path=_absolute_path(r, "store", "path", r.value("store", store_t, "path", str)),
         backend=backend,
