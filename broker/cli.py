@@ -103,10 +103,11 @@ def cmd_end_session(args: argparse.Namespace) -> int:
 
 def cmd_reset(args: argparse.Namespace) -> int:
     result = _client(args).call("reset", image=args.image, user=args.user)
-    _print(args, result, lambda r: (
-        f"reset {args.user} on {args.image}: "
-        + ("live session dropped; " if r["dropped_session"] else "")
-        + f"previous overlay kept as backup {r['backup']}; a fresh copy is made at the next login"
+    _print(args, result, lambda r: "\n".join(
+        f"reset {r['user']} on {done['image']}: "
+        + ("live session dropped; " if done["dropped_session"] else "")
+        + f"previous overlay kept as backup {done['backup']}; a fresh copy is made at the next login"
+        for done in r["reset"]
     ))
     return EXIT_OK
 
@@ -254,13 +255,14 @@ def build_parser() -> argparse.ArgumentParser:
     for name, handler, text in (
         ("start-session", cmd_start_session, "start a boot session by hand and print its CHAP credentials (root or broker)"),
         ("end-session", cmd_end_session, "end a user's live boot session; the client is disconnected"),
-        ("reset", cmd_reset, "give a user a fresh copy of an image at the next login; the old one is kept as a backup"),
+        ("reset", cmd_reset, "give a user a fresh copy of an image (no IMAGE: of every image they have a copy of) "
+                             "at the next login; the old one is kept as a backup, a live session is dropped"),
         ("rebase", cmd_rebase, "move a user to the image's current version (a fresh copy at the next login; the old "
                                "overlay is kept as a backup, as by reset)"),
     ):
         p = add(name, handler, text, json_output=name != "end-session")
         p.add_argument("user", help="the user's login name")
-        p.add_argument("image", help="the image name")
+        p.add_argument("image", nargs="?" if name == "reset" else None, help="the image name")
     restore = add("restore", cmd_restore, "bring back a user's backup (the newest, or BACKUP) as their overlay; "
                   "the overlay it replaces is kept as a backup", True)
     restore.add_argument("user", help="the user's login name")

@@ -213,17 +213,24 @@ class Helper:
         return {"ended": True}
 
     def reset(self, image: object, user: object) -> dict[str, Any]:
-        """Give the user a fresh overlay at the next login, keeping the old one as a dated backup.
-        Touches: the live session (dropped), the target and backstore (deleted), the overlay (moved to
-        backups/). Raises NoSuchOverlay when there is nothing to reset."""
-        names = self._names(image, user)
+        """Give the user a fresh overlay of `image` (None: of every image they have one of) at the next
+        login, keeping the old one as a dated backup. Touches: the live session (dropped), the target and
+        backstore (deleted), the overlay (moved to backups/). Raises NoSuchOverlay when there is nothing
+        to reset."""
+        user = check_user_name(user)
         with self._lock:
-            if self.store.read_meta(self.store.overlay_dir(names.image, names.label)) is None:
-                raise NoSuchOverlay(f"{names.user} has no overlay of {names.image}")
-            backup, dropped = self._set_aside(names)
+            images = [check_image_name(image)] if image is not None else list(self.config.images)
+            targets = [self._names(name, user) for name in images]
+            targets = [n for n in targets if self.store.read_meta(self.store.overlay_dir(n.image, n.label))]
+            if not targets:
+                raise NoSuchOverlay(f"{user} has no overlay" + (f" of {image}" if image is not None else ""))
+            done = []
+            for names in targets:
+                backup, dropped = self._set_aside(names)
+                log.info("reset %s on %s; previous overlay kept as %s", names.user, names.image, backup.name)
+                done.append({"image": names.image, "backup": backup.name, "dropped_session": dropped})
             self._expire_backups()
-        log.info("reset %s on %s; previous overlay kept as %s", names.user, names.image, backup.name)
-        return {"backup": backup.name, "dropped_session": dropped}
+        return {"user": user, "reset": done}
 
     def rebase(self, image: object, user: object) -> dict[str, Any]:
         """Move the user to the image's current version: their overlay (made from an older one) is set aside

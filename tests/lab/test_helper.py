@@ -160,7 +160,7 @@ def test_writes_land_in_the_overlay_and_survive_a_new_session(deployment: Deploy
 def test_reset_gives_back_the_golden_content_and_keeps_the_old_overlay(deployment: Deployment, tmp_path: Path) -> None:
     grant = deployment.ensure_session("erin")
     assert qemu_io(deployment.lab, grant, "write -P 0x77 0 64k").returncode == 0
-    result = deployment.cli_json("reset", "erin", "demo")
+    (result,) = deployment.cli_json("reset", "erin", "demo")["reset"]
     assert result["dropped_session"] is True
     assert iscsi_tool(deployment.lab, "iscsi-inq", grant).returncode != 0
 
@@ -170,13 +170,17 @@ def test_reset_gives_back_the_golden_content_and_keeps_the_old_overlay(deploymen
     fresh = deployment.ensure_session("erin")
     assert _disk_sha256(deployment, fresh, tmp_path) == deployment.golden["demo"]
     expect_refused(deployment.cli("reset", "nobody-here", "demo", check=False), "no_such_overlay")
+    expect_refused(deployment.cli("reset", "nobody-here", check=False), "no_such_overlay")
+    # no IMAGE: every image she has a copy of (only demo: "other" must stay unused, see the images test)
+    every = deployment.cli_json("reset", "erin")["reset"]
+    assert [(done["image"], done["dropped_session"]) for done in every] == [("demo", True)]
 
 
 def test_helpdesk_restores_the_backup_of_a_user_with_a_live_session(deployment: Deployment) -> None:
     lab = deployment.lab
     work = deployment.ensure_session("judy")
     assert qemu_io(lab, work, "write -P 0x11 0 1M").returncode == 0  # her work
-    reset = deployment.cli_json("reset", "judy", "demo", user="deskstaff")
+    (reset,) = deployment.cli_json("reset", "judy", "demo", user="deskstaff")["reset"]
     fresh = deployment.ensure_session("judy")  # logged in again: a fresh copy, her work is in the backup
     assert "Pattern verification failed" in qemu_io(lab, fresh, "read -P 0x11 0 1M").stdout
 
