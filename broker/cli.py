@@ -294,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
         "retire", help="delete IMAGE@VERSION, or every version of IMAGE (root)",
         description="Delete one version of an image (IMAGE@VERSION), or every version (IMAGE). Refused for the "
                     "current version, and while overlays or backups made from a version exist: the error names "
-                    "their users (reset them first).",
+                    "their users (rebase or reset them; their backups go after [store] backup_days).",
     )
     retire.set_defaults(handler=cmd_images_retire)
     retire.add_argument("target", type=image_and_version, metavar="IMAGE[@VERSION]")

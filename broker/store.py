@@ -102,7 +102,7 @@ class Store:
             users = sorted({m.user for _, m in self.list_overlays() + self.list_backups()
                             if m.image == image and m.version in doomed})
             raise Conflict(f"{image!r} is still in use ({'; '.join(holders)}) by {', '.join(users)}; "
-                           "reset those users first")
+                           "rebase or reset users with overlays; backups go after [store] backup_days")
         if version is None:
             (self.images / image / "current").unlink(missing_ok=True)
         for v in doomed:
