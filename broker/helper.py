@@ -26,6 +26,7 @@ from .errors import (
 from .identifiers import (
     check_backup_name, check_image_name, check_user_name, check_version, new_chap_secret, user_label,
 )
+from .files import clone_or_copy, sha256_of
 from .lio import Lio, storage_object_name
 from .state import BootSession, SessionBook
 from .store import OverlayMeta, Store
@@ -80,6 +81,9 @@ class Helper:
         for leftover in self.store.tmp.glob("overlay-*"):
             log.warning("reconcile: removing half-made overlay %s", leftover.name)
             shutil.rmtree(leftover, ignore_errors=True)
+        for leftover in self.store.tmp.glob("publish-*"):
+            log.warning("reconcile: removing half-published image %s", leftover.name)
+            leftover.unlink(missing_ok=True)
         live: dict[str, str] = {}  # target IQN -> initiator of its live session
         for session in self.book.all():
             names = self._names(session.image, session.user)
@@ -334,8 +338,10 @@ class Helper:
         path = Path(source)
         if not path.is_file():
             raise BadIdentifier(f"{source} is not a regular file")
-        with self._lock:
-            version, sha256, immutable = self.store.publish(image, path)
+        # The copy and the checksum, which take long for a big image, happen before taking the lock:
+        # logins go on meanwhile. Only numbering and renaming the version is done under it.
+        staged = self.store.stage_version(image, lambda tmp: clone_or_copy(path, tmp))
+        version, sha256, immutable = self._commit(image, staged)
         log.info("published %s v%d from %s (sha256 %s)%s", image, version, source, sha256,
                  "" if immutable else "; the store's filesystem has no immutable flag")
         return {"image": image, "version": version, "sha256": sha256, "immutable": immutable}
@@ -359,12 +365,26 @@ class Helper:
                 raise Conflict(f"{names.user} is logged in on {names.image}: publish when that workstation is off, "
                                "or end the session first")
             golden = self.store.image_file(names.image, meta.version)
-            version, sha256, immutable = self.store.publish_with(
+            # under the lock: no login may write to the overlay while it is copied (a reflink clone is
+            # instant; a dm-snapshot is read whole)
+            staged = self.store.stage_version(
                 image, lambda destination: self.backend.materialize(golden, overlay, names.storage_object, destination)
             )
+        version, sha256, immutable = self._commit(image, staged)
         log.info("published %s v%d from the overlay of %s on %s v%d (sha256 %s)", image, version, names.user,
                  names.image, meta.version, sha256)
         return {"image": image, "version": version, "sha256": sha256, "immutable": immutable}
+
+    def _commit(self, image: str, staged: Path) -> tuple[int, str, bool]:
+        """Checksum a staged version without the lock (it reads the whole file), then number it and make it
+        current under the lock. The staged file is removed if anything fails."""
+        try:
+            sha256 = sha256_of(staged)
+            with self._lock:
+                return self.store.commit_version(image, staged, sha256)
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
 
     def published(self) -> list[str]:
         """The configured images that have a current version: what a menu may offer. Reads only, no lock."""

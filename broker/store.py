@@ -112,34 +112,42 @@ class Store:
         return doomed
 
     def publish(self, image: str, source: Path) -> tuple[int, str, bool]:
-        """Store `source` as the next version of `image` and make it current: a reflink clone where the
-        filesystem can (instant, no space), a copy otherwise; read-only, with its SHA-256 next to it, and
-        immutable where the filesystem has the flag. Returns the version, the checksum, and whether the
-        file is immutable."""
+        """Store `source` as the next version of `image` and make it current (stage, checksum, commit in
+        one go: the helper runs the slow first two outside its lock). Returns what `commit_version` does."""
         size = source.stat().st_size
         if size == 0 or size % 512:
             raise BadIdentifier(f"{source} is {size} bytes; a disk image must be a non-zero multiple of 512")
-        return self.publish_with(image, lambda tmp: clone_or_copy(source, tmp))
+        staged = self.stage_version(image, lambda tmp: clone_or_copy(source, tmp))
+        try:
+            return self.commit_version(image, staged, sha256_of(staged))
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
 
-    def publish_with(self, image: str, fill: Callable[[Path], None]) -> tuple[int, str, bool]:
-        """Publish the next version of `image` from whatever `fill(path)` writes at the new file `path`."""
+    def stage_version(self, image: str, fill: Callable[[Path], None]) -> Path:
+        """A new file in the store's scratch directory that `fill(path)` writes: a reflink clone where the
+        filesystem can (instant, no space), else a copy. Removed again if `fill` fails or writes no disk."""
+        staged = self.tmp / f"publish-{image}-{os.getpid()}-{time.monotonic_ns()}"
+        try:
+            fill(staged)
+            size = staged.stat().st_size
+            if size == 0 or size % 512:
+                raise BadIdentifier(f"the new version is {size} bytes; a disk image must be a non-zero multiple of 512")
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
+        return staged
+
+    def commit_version(self, image: str, staged: Path, sha256: str) -> tuple[int, str, bool]:
+        """Make a staged file the next version of `image` and its current one: read-only, its SHA-256 next
+        to it, immutable where the filesystem has the flag. Returns the version, the checksum, and whether
+        the file is immutable."""
         directory = self.images / image
         directory.mkdir(mode=0o700, exist_ok=True)
         version = max(self.versions(image), default=0) + 1
-        tmp = self.tmp / f"publish-{image}-{version}"
-        tmp.unlink(missing_ok=True)  # left by a crash
-        try:
-            fill(tmp)
-            size = tmp.stat().st_size
-            if size == 0 or size % 512:
-                raise BadIdentifier(f"the new version is {size} bytes; a disk image must be a non-zero multiple of 512")
-            sha256 = sha256_of(tmp)
-            os.chmod(tmp, 0o444)
-            write_atomically(self.checksum_file(image, version), f"{sha256}  v{version}.img\n".encode(), 0o444)
-            os.replace(tmp, self.image_file(image, version))
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        os.chmod(staged, 0o444)
+        write_atomically(self.checksum_file(image, version), f"{sha256}  v{version}.img\n".encode(), 0o444)
+        os.rename(staged, self.image_file(image, version))
         immutable = set_immutable(self.image_file(image, version), True)
         write_atomically(directory / "current", f"{version}\n".encode(), 0o644)
         return version, sha256, immutable
