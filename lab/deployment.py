@@ -175,6 +175,11 @@ groups = ["bootbroker-helpdesk"]
 
 # Real clients on the host.
 
+def wrong_secret(secret: str) -> str:
+    """A CHAP secret one character away from `secret`, never equal to it."""
+    return ("Y" if secret[0] == "X" else "X") + secret[1:]
+
+
 def iscsi_url(lab: Lab, grant: Grant, secret: str | None = None, user: str | None = None) -> str:
     return (
         f"iscsi://{user or grant.chap_user}%{secret or grant.chap_secret}"

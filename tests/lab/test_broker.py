@@ -20,7 +20,7 @@ import pytest
 
 from broker.boot import PUBLISHED_TTL
 from lab.broker import SERVICE_ACCOUNT, BrokerDeployment, grant_from_script, running
-from lab.deployment import iscsi_tool
+from lab.deployment import iscsi_tool, wrong_secret
 from lab.vm import Lab
 
 STORE = "/srv/btrfs/bootbroker-web"
@@ -69,7 +69,7 @@ def test_curl_login_boots_with_working_chap_credentials(broker: BrokerDeployment
 
     done = iscsi_tool(broker.lab, "iscsi-inq", grant)
     assert done.returncode == 0, done.stderr
-    refused = iscsi_tool(broker.lab, "iscsi-inq", grant, secret="X" + grant.chap_secret[1:])
+    refused = iscsi_tool(broker.lab, "iscsi-inq", grant, secret=wrong_secret(grant.chap_secret))
     assert refused.returncode != 0 and "Authentication failure" in refused.stderr, refused.stderr
 
 

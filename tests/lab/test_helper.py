@@ -27,6 +27,7 @@ from lab.deployment import (
     prepare_accounts,
     qemu_io,
     qemu_io_argv,
+    wrong_secret,
 )
 
 BACKENDS = {"reflink": "/srv/btrfs/bootbroker", "dm-snapshot": "/srv/ext4/bootbroker"}
@@ -57,7 +58,7 @@ def test_right_secret_logs_in_and_reads_capacity(deployment: Deployment) -> None
 
 def test_wrong_secret_is_refused(deployment: Deployment) -> None:
     grant = deployment.ensure_session("alice")
-    done = iscsi_tool(deployment.lab, "iscsi-inq", grant, secret="Wrong" + grant.chap_secret[5:])
+    done = iscsi_tool(deployment.lab, "iscsi-inq", grant, secret=wrong_secret(grant.chap_secret))
     assert done.returncode != 0
     assert "login" in (done.stderr + done.stdout).lower()
     assert iscsi_tool(deployment.lab, "iscsi-inq", grant).returncode == 0
