@@ -132,12 +132,17 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _local_time(timestamp: float) -> str:
+    """A time stamp from the helper as the listings show it: local time, to the second."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+
+
 def _backups_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "no backups"
     lines = [f"{'USER':20} {'IMAGE':16} {'BACKUP':18} {'VER':>4} {'CREATED':19} {'USED':>9}"]
     for r in rows:
-        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created"]))
+        created = _local_time(r["created"])
         lines.append(f"{r['user']:20} {r['image']:16} {r['backup']:18} {r['version']:>4} {created:19} "
                      f"{r['bytes_used'] / 2**20:>7.1f}Mi")
     return "\n".join(lines)
@@ -153,7 +158,7 @@ def _sessions_table(rows: list[dict[str, Any]]) -> str:
         return "no live sessions"
     lines = [f"{'USER':20} {'IMAGE':16} {'VER':>4} {'SINCE':20} {'LOGGED IN':9} {'OVERLAY':>10} {'FILL':>5}  INITIATOR"]
     for r in rows:
-        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["since"]))
+        since = _local_time(r["since"])
         fill = "-" if r["fill_percent"] is None else f"{r['fill_percent']:.0f}%"
         lines.append(
             f"{r['user']:20} {r['image']:16} {r['version']:>4} {since:20} {'yes' if r['logged_in'] else 'no':9} "
@@ -194,7 +199,7 @@ def _images_table(rows: list[dict[str, Any]]) -> str:
         if not image["versions"]:
             lines.append(f"{image['image']:16}    - (no published version: bootbroker images publish {image['image']} FILE)")
         for v in image["versions"]:
-            published = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(v["published"]))
+            published = _local_time(v["published"])
             lines.append(
                 f"{image['image']:16} {v['version']:>4} {'yes' if v['current'] else 'no':7} {published:19} "
                 f"{v['size'] / 2**20:>7.1f}Mi {v['bytes_used'] / 2**20:>7.1f}Mi {v['overlays']:>8} {v['backups']:>7}"

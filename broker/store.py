@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -207,12 +207,7 @@ class Store:
         return backup
 
     def list_overlays(self) -> list[tuple[Path, OverlayMeta]]:
-        found = []
-        for overlay in sorted(self.overlays.glob("*/*")):
-            meta = self.read_meta(overlay)
-            if meta is not None:
-                found.append((overlay, meta))
-        return found
+        return self._with_meta(self.overlays.glob("*/*"))
 
     def backup_dir(self, image: str, label: str, name: str) -> Path:
         return self.backups / image / label / name
@@ -234,11 +229,15 @@ class Store:
         return [path for path, _ in self.list_backups() if path.name[:len(cutoff)] < cutoff]
 
     def list_backups(self) -> list[tuple[Path, OverlayMeta]]:
+        return self._with_meta(self.backups.glob("*/*/*"))
+
+    def _with_meta(self, directories: Iterable[Path]) -> list[tuple[Path, OverlayMeta]]:
+        """The directories that hold a meta.json (overlays, backups), sorted, each with its metadata."""
         found = []
-        for backup in sorted(self.backups.glob("*/*/*")):
-            meta = self.read_meta(backup)
+        for directory in sorted(directories):
+            meta = self.read_meta(directory)
             if meta is not None:
-                found.append((backup, meta))
+                found.append((directory, meta))
         return found
 
     def count_overlays(self) -> int:
