@@ -7,6 +7,7 @@ admin fixes the file in one pass.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import tomllib
 import urllib.parse
@@ -124,6 +125,10 @@ class BrokerConfig:
     insecure_http: bool
     limits: LoginLimits
     templates: Path | None  # a site's own templates, searched before the bundled ones
+    # Slow clients: seconds for a TLS handshake, for each request's head (and body), and for an idle
+    # keep-alive connection; and how many connections one client address may hold at once.
+    request_timeout: float = 10.0
+    connections_per_address: int = 32
 
     @property
     def host(self) -> str:
@@ -253,7 +258,8 @@ def _image(r: _Reader, name: str, table: dict[str, Any]) -> ImageConfig:
 def _positive(r: _Reader, section: str, table: dict[str, Any], key: str, default: float, integer: bool = True) -> Any:
     value = table.get(key, default)
     wrong_type = isinstance(value, bool) or not isinstance(value, int if integer else (int, float))
-    if wrong_type or value <= 0:
+    # TOML has nan and inf: neither is a number of seconds (nan > 0 is false; inf would never expire).
+    if wrong_type or not 0 < value < math.inf:
         r.problems.append(f"[{section}] {key}: must be a positive {'integer' if integer else 'number'}, got {value!r}")
         return default
     return value
@@ -295,7 +301,7 @@ def _url(r: _Reader, text: str | None, insecure_http: bool) -> tuple[str, str]:
 def _broker(r: _Reader, table: dict[str, Any]) -> BrokerConfig:
     r.unknown_keys("broker", table, {
         "url", "listen", "names", "certificate", "key", "pam_service", "pam_concurrency", "token_ttl",
-        "menu_timeout", "insecure_http", "limits", "templates",
+        "menu_timeout", "insecure_http", "limits", "templates", "request_timeout", "connections_per_address",
     })
     insecure_http = r.value("broker", table, "insecure_http", bool, False)
     url, host = _url(r, r.value("broker", table, "url", str), insecure_http)
@@ -337,6 +343,8 @@ def _broker(r: _Reader, table: dict[str, Any]) -> BrokerConfig:
         insecure_http=insecure_http,
         limits=limits,
         templates=_absolute_path(r, "broker", "templates", templates_text) if templates_text else None,
+        request_timeout=_positive(r, "broker", table, "request_timeout", 10.0, integer=False),
+        connections_per_address=_positive(r, "broker", table, "connections_per_address", 32),
     )
 
 

@@ -18,6 +18,7 @@ from aiohttp import web
 from .access import NssDirectory
 from .boot import BootFlow
 from .config import BrokerConfig, Config
+from .edge import ConnectionCap, GuardedSite, handler_args
 from .errors import BadRequest, InternalError, UnsupportedVersion
 from .helper_client import HelperClient
 from .limiter import LoginLimiter
@@ -25,7 +26,7 @@ from .pam_auth import PamAuthenticator
 from .scripts import ScriptRenderer
 from .tls import describe, ensure_certificate, server_context
 from .tokens import TokenSigner
-from .web import HANDLER_LIMITS, AccessLogger, make_app
+from .web import make_app
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +93,16 @@ async def run(config: Config, broker: BrokerConfig) -> None:
         certificate = ensure_certificate(broker.certificate, broker.key, broker.names)  # logs when it generates
         print(describe(certificate), file=sys.stderr)
         ssl_context = server_context(certificate)
-    runner = web.AppRunner(build_app(config, broker), access_log_class=AccessLogger, **HANDLER_LIMITS)
+    args = handler_args(broker.request_timeout)
+    runner = web.AppRunner(build_app(config, broker), **args)
     await runner.setup()
+    cap = ConnectionCap(broker.connections_per_address)  # one for all sites: an address is one client
     try:
         for listen in broker.listen:
-            site = web.TCPSite(runner, listen.host, listen.port, ssl_context=ssl_context, backlog=1024)
+            site = GuardedSite(
+                runner, listen.host, listen.port, args=args, cap=cap, request_timeout=broker.request_timeout,
+                ssl_context=ssl_context,
+            )
             await site.start()
             log.info("listening on %s:%d (%s)", listen.host, listen.port, "http" if ssl_context is None else "https")
         log.info("broker ready at %s (helper socket %s)", broker.url, config.helper.socket)

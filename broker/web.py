@@ -16,8 +16,8 @@ Routes:
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import binascii
 import logging
 from typing import Any
 
@@ -108,7 +108,9 @@ def _basic_credentials(header: str) -> tuple[str, str]:
         raise BadRequest("the Authorization header is not HTTP Basic credentials")
     try:
         user, sep, password = base64.b64decode(encoded.strip(), validate=True).decode("utf-8").partition(":")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:
+        # binascii.Error (not base64), UnicodeDecodeError (not UTF-8), and the plain ValueError b64decode
+        # raises for non-ASCII text: aiohttp hands over raw header bytes >= 0x80 as surrogate escapes.
         raise BadRequest("the Basic credentials are not base64 of UTF-8 user:password") from None
     if not sep:
         raise BadRequest("the Basic credentials have no colon between user and password")
@@ -118,9 +120,18 @@ def _basic_credentials(header: str) -> tuple[str, str]:
 async def _form_credentials(request: web.Request) -> tuple[str, str]:
     if request.content_type != "application/x-www-form-urlencoded":
         raise BadRequest("log in with a form (application/x-www-form-urlencoded) of username and password")
-    form = await request.post()
-    if set(form) - {"username", "password"}:
-        raise BadRequest("the login form takes only the fields username and password")
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        # Refused before reading: a client announcing gigabytes need not send them (aiohttp's own 413).
+        raise web.HTTPRequestEntityTooLarge(MAX_BODY_BYTES, request.content_length)
+    try:
+        # aiohttp bounds the head's time (the keep-alive timer, see edge.py), not the body's.
+        async with asyncio.timeout(request.app[FLOW].broker.request_timeout):
+            form = await request.post()
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(text="the request body did not arrive in time\n", headers={"Connection": "close"}) from None
+    if set(form) - {"username", "password"} or len(form) != len(set(form)):
+        # A field given twice is ambiguous (parsers differ on which one wins): refused, not guessed.
+        raise BadRequest("the login form takes only the fields username and password, once each")
     user, password = form.get("username"), form.get("password")
     if not isinstance(user, str) or not isinstance(password, str):
         raise BadRequest("the login form needs the fields username and password")

@@ -173,3 +173,19 @@ def test_store_capacity_settings_have_defaults_and_ranges() -> None:
     assert [p.split(":")[0] for p in info.value.problems] == [
         "[store] backup_days", "[store] min_free_percent", "[store] fill_warn_percent",
     ]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0, 0])
+def test_numbers_of_seconds_must_be_finite_and_positive(value: float) -> None:
+    """TOML has nan and inf; nan slipped through `value <= 0` (found by test_fuzz.py)."""
+    data = example()
+    data["broker"]["limits"] = {"window": value}
+    data["broker"]["request_timeout"] = value
+    with pytest.raises(ConfigError) as e:
+        parse(data)
+    assert len(e.value.problems) == 2
+
+
+def test_slow_client_defaults() -> None:
+    broker = parse(example()).broker
+    assert broker is not None and (broker.request_timeout, broker.connections_per_address) == (10.0, 32)
