@@ -41,7 +41,21 @@ def write_atomically(path: Path, data: bytes, mode: int) -> None:
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
-    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    sync_directory(path.parent)
+
+
+def rename_durably(source: Path, destination: Path) -> None:
+    """Rename, then sync both directories, so that after a power cut the entry is in one place: the new
+    one once this returns. (A rename is otherwise only in the page cache for a few seconds: a user's disk
+    renamed into place, then written to by its workstation, could come back in the scratch directory.)"""
+    os.rename(source, destination)
+    sync_directory(destination.parent)
+    if source.parent != destination.parent:
+        sync_directory(source.parent)
+
+
+def sync_directory(path: Path) -> None:
+    directory = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(directory)
     finally:

@@ -8,6 +8,7 @@ what; this module trusts its caller and checks only the arguments.
 
 from __future__ import annotations
 
+import errno
 import logging
 import shutil
 import threading
@@ -21,11 +22,12 @@ from .access import may_boot
 from .backends import Backend
 from .config import Config
 from .errors import (
-    BackendFailure, BadIdentifier, Conflict, NoSuchOverlay, NoSuchSession, NotPermitted, StoreFull, UnknownImage,
+    BackendFailure, BadIdentifier, BrokerError, Conflict, NoSuchOverlay, NoSuchSession, NotPermitted, StoreFull, UnknownImage,
 )
 from .identifiers import (
     check_backup_name, check_image_name, check_user_name, check_version, new_chap_secret, user_label,
 )
+from .faults import crash_point
 from .files import clone_or_copy, sha256_of
 from .lio import Lio, storage_object_name
 from .state import BootSession, SessionBook
@@ -84,6 +86,10 @@ class Helper:
         for leftover in self.store.tmp.glob("publish-*"):
             log.warning("reconcile: removing half-published image %s", leftover.name)
             leftover.unlink(missing_ok=True)
+        for image in self.config.images:
+            for version in self.store.discard_unfinished(image):
+                log.warning("reconcile: removing %s v%d: its publish was interrupted before it became current",
+                            image, version)
         live: dict[str, str] = {}  # target IQN -> initiator of its live session
         for session in self.book.all():
             names = self._names(session.image, session.user)
@@ -127,12 +133,19 @@ class Helper:
             return meta
         version = self.store.current_version(names.image)
         self._check_reserve()
-        work = self.store.new_overlay_workdir(names.image, names.label)
+        try:
+            work = self.store.new_overlay_workdir(names.image, names.label)
+        except OSError as e:
+            raise _store_error(e) from None
         try:
             started = time.monotonic()
             self.backend.create(self.store.image_file(names.image, version), work)
+            crash_point("overlay-created")
             meta = OverlayMeta(user=names.user, image=names.image, version=version, created=time.time())
             self.store.commit_overlay(work, meta, names.label)
+        except OSError as e:
+            shutil.rmtree(work, ignore_errors=True)
+            raise _store_error(e) from None
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
@@ -175,7 +188,9 @@ class Helper:
             raise NotPermitted(f"{names.user} may not boot {names.image} (see its users and groups)")
         with self._lock:
             meta = self._ensure_overlay(names)
+            crash_point("overlay-committed")
             self._export(names, meta)
+            crash_point("target-created")
             self._check_fill(names.user, names.image, names.storage_object)
             previous = self.book.get(names.image, names.user)
             session = BootSession(
@@ -183,15 +198,24 @@ class Helper:
                 initiator=self.config.iscsi.iqn.new_initiator(names.image, names.label),
                 chap_user=names.label, chap_secret=new_chap_secret(), since=time.time(),
             )
-            self.lio.replace_acl(
-                names.target, previous.initiator if previous else None,
-                session.initiator, session.chap_user, session.chap_secret,
-            )
+            # Recorded first: a crash from here on is repaired at start by putting this session's ACL in place.
+            # If the record cannot be written, nothing has changed yet.
             try:
                 self.book.put(session)
             except OSError as e:
+                raise _store_error(e, "record the session") from None
+            crash_point("session-recorded")
+            try:
+                self.lio.replace_acl(
+                    names.target, previous.initiator if previous else None,
+                    session.initiator, session.chap_user, session.chap_secret,
+                )
+            except BrokerError:
+                # The previous ACL may be gone already: no live session at all, in the record or in LIO.
+                self.book.remove(names.image, names.user)
                 self.lio.delete_acl(names.target, session.initiator)
-                raise BackendFailure(f"cannot record the session: {e.strerror}") from None
+                raise
+            crash_point("acl-replaced")
         log.info("session for %s on %s: initiator %s%s", names.user, names.image, session.initiator,
                  " (previous session dropped)" if previous else "")
         return {
@@ -291,9 +315,11 @@ class Helper:
         overlay = self.store.overlay_dir(names.image, names.label)
         session = self.book.get(names.image, names.user)
         self.lio.delete_target(names.target, names.storage_object, self.backend.backstore)
+        crash_point("reset-target-deleted")
         if session is not None:
             self.book.remove(names.image, names.user)
         self.backend.detach(overlay, names.storage_object)
+        crash_point("reset-detached")
         return self.store.move_to_backup(overlay, names.image, names.label), session is not None
 
     def _expire_backups(self) -> None:
@@ -341,6 +367,7 @@ class Helper:
         # The copy and the checksum, which take long for a big image, happen before taking the lock:
         # logins go on meanwhile. Only numbering and renaming the version is done under it.
         staged = self.store.stage_version(image, lambda tmp: clone_or_copy(path, tmp))
+        crash_point("publish-staged")
         version, sha256, immutable = self._commit(image, staged)
         log.info("published %s v%d from %s (sha256 %s)%s", image, version, source, sha256,
                  "" if immutable else "; the store's filesystem has no immutable flag")
@@ -436,6 +463,13 @@ class Helper:
             "overlays": self.store.count_overlays(),
             "backups": self.store.count_backups(),
         }
+
+
+def _store_error(e: OSError, doing: str = "make the overlay") -> BrokerError:
+    """An OSError from the store, as an answer: StoreFull when the filesystem ran out of room."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StoreFull(f"the store ran out of room (could not {doing}: {e.strerror}); nothing was changed")
+    return BackendFailure(f"cannot {doing}: {e.strerror or e}")
 
 
 def run_operation(helper: Helper, op: str, args: dict[str, Any]) -> Any:

@@ -31,6 +31,7 @@ from rtslib_fb.utils import RTSLibError, RTSLibNotInCFSError
 
 from .config import Portal
 from .errors import BackendFailure
+from .faults import crash_point
 
 TPG_TAG = 1
 LUN_INDEX = 0
@@ -104,6 +105,7 @@ class Lio:
                 so = _lookup_or_create(
                     lambda: BlockStorageObject(so_name), lambda: BlockStorageObject(so_name, dev=str(device)), created
                 )
+            crash_point("storage-object-created")
             target = _lookup_or_create(
                 lambda: Target(self._iscsi(), iqn, "lookup"), lambda: Target(self._iscsi(), iqn, "create"), created
             )

@@ -22,7 +22,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import BadIdentifier, Conflict, UnknownImage
-from .files import clone_or_copy, set_immutable, sha256_of, write_atomically
+from .faults import crash_point
+from .files import clone_or_copy, rename_durably, set_immutable, sha256_of, write_atomically
 from .identifiers import check_version
 
 
@@ -106,10 +107,26 @@ class Store:
         if version is None:
             (self.images / image / "current").unlink(missing_ok=True)
         for v in doomed:
-            set_immutable(self.image_file(image, v), False)
-            self.image_file(image, v).unlink()
-            self.checksum_file(image, v).unlink(missing_ok=True)
+            self._remove_version(image, v)
         return doomed
+
+    def _remove_version(self, image: str, version: int) -> None:
+        set_immutable(self.image_file(image, version), False)
+        self.image_file(image, version).unlink()
+        self.checksum_file(image, version).unlink(missing_ok=True)
+
+    def discard_unfinished(self, image: str) -> list[int]:
+        """Remove what an interrupted publish left in images/<image>/: versions it numbered but never made
+        current (newer than `current`, or any when there is none; no overlay can be made from those) and
+        checksums without their image. Returns the versions removed."""
+        current = self.current_version(image) if self.has_current(image) else 0
+        unfinished = [v for v in self.versions(image) if v > current]
+        for v in unfinished:
+            self._remove_version(image, v)
+        for checksum in (self.images / image).glob("v*.sha256"):
+            if not checksum.with_suffix(".img").exists():
+                checksum.unlink()
+        return unfinished
 
     def publish(self, image: str, source: Path) -> tuple[int, str, bool]:
         """Store `source` as the next version of `image` and make it current (stage, checksum, commit in
@@ -147,7 +164,8 @@ class Store:
         version = max(self.versions(image), default=0) + 1
         os.chmod(staged, 0o444)
         write_atomically(self.checksum_file(image, version), f"{sha256}  v{version}.img\n".encode(), 0o444)
-        os.rename(staged, self.image_file(image, version))
+        rename_durably(staged, self.image_file(image, version))
+        crash_point("publish-renamed")
         immutable = set_immutable(self.image_file(image, version), True)
         write_atomically(directory / "current", f"{version}\n".encode(), 0o644)
         return version, sha256, immutable
@@ -191,7 +209,7 @@ class Store:
         write_atomically(work / "meta.json", json.dumps(asdict(meta)).encode(), 0o600)
         target = self.overlay_dir(meta.image, label)
         target.parent.mkdir(mode=0o700, exist_ok=True)
-        os.rename(work, target)
+        rename_durably(work, target)
         return target
 
     def move_to_backup(self, overlay: Path, image: str, label: str) -> Path:
@@ -203,7 +221,7 @@ class Store:
         while backup.exists():
             n += 1
             backup = parent / f"{stamp}.{n}"
-        os.rename(overlay, backup)
+        rename_durably(overlay, backup)
         return backup
 
     def list_overlays(self) -> list[tuple[Path, OverlayMeta]]:
@@ -220,7 +238,7 @@ class Store:
         """Move a backup back into place as the overlay; the overlay directory must be free."""
         overlay = self.overlay_dir(image, label)
         overlay.parent.mkdir(mode=0o700, exist_ok=True)
-        os.rename(backup, overlay)  # fails if an overlay is there: never overwrites one
+        rename_durably(backup, overlay)  # fails if an overlay is there: never overwrites one
         return overlay
 
     def expired_backups(self, days: int, now: float) -> list[Path]:

@@ -7,6 +7,8 @@ on the host and reach the VM's port 3260 through qemu's forwarding on 127.0.0.1.
 from __future__ import annotations
 
 import json
+import re
+import selectors
 import signal
 import subprocess
 import time
@@ -98,8 +100,8 @@ groups = ["bootbroker-helpdesk"]
         self.lab.run(["mkdir", "-p", "/etc/bootbroker", self.store])
         self.lab.run(["tee", self.config], stdin=self.config_text())
 
-    def start(self) -> None:
-        self.process = self.lab.spawn(self.cli_argv("helper"))
+    def start(self, env: dict[str, str] | None = None) -> None:
+        self.process = self.lab.spawn(self.cli_argv("helper"), env=env)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.cli("health", check=False).rc == 0:
@@ -166,6 +168,14 @@ groups = ["bootbroker-helpdesk"]
             found[path.rstrip("/").rsplit("/", 1)[1]] = "TARG_SESS_STATE_LOGGED_IN" in info
         return found
 
+    def problems(self) -> list[str]:
+        """What does not hold between the store, the session records and the kernel (lab/invariants.py)."""
+        prefix = self.target_iqn("x", "x").partition(":")[0]
+        done = self.lab.run([str(self.lab.python), "-m", "lab.invariants", self.store, prefix, self.backend],
+                            cwd=str(self.lab.repo))
+        found: list[str] = json.loads(done.stdout)
+        return found
+
     def snapshot(self) -> str:
         """A fingerprint of everything the helper may change: files in the store and LIO's tree."""
         files = self.lab.run(["sh", "-c", f"cd {self.store} && find . -printf '%p %s %m\\n' | sort"]).stdout
@@ -212,3 +222,50 @@ def qemu_io(lab: Lab, grant: Grant, *commands: str) -> subprocess.CompletedProce
 def expect_refused(result: LabResult | LabCommandError, code: str) -> None:
     assert result.rc not in (0, None), result
     assert f"{code}:" in result.stderr, result.stderr
+
+
+class Workstation:
+    """qemu-io kept running on one iSCSI session: a workstation that stays logged in between commands.
+    Use as a context manager (the process is killed at the end)."""
+
+    def __init__(self, lab: Lab, grant: Grant) -> None:
+        self.grant = grant
+        self.process = subprocess.Popen(
+            qemu_io_argv(lab, grant), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self._selector = selectors.DefaultSelector()
+        assert self.process.stdout is not None
+        self._selector.register(self.process.stdout, selectors.EVENT_READ)
+
+    def __enter__(self) -> Workstation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.kill()
+        self.process.wait()
+        self._selector.close()
+
+    def command(self, line: str, seconds: float = 60) -> str:
+        """Send one qemu-io command; what it printed until its statistics line, or until `seconds` passed
+        (a command whose I/O hangs prints nothing)."""
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+        seen = ""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if not self._selector.select(timeout=deadline - time.monotonic()):
+                break
+            out = self.process.stdout.readline()
+            if not out:
+                break
+            seen += out
+            if "ops/sec" in out:
+                break
+        return seen
+
+    def completes(self, line: str, seconds: float = 60) -> bool:
+        """Whether a read or write command completed (and a read's -P pattern matched)."""
+        out = self.command(line, seconds)
+        return re.search(r"(?:read|wrote) (\d+)/\1 bytes", out) is not None and "Pattern verification failed" not in out

@@ -170,16 +170,32 @@ class Lab:
             out.write(self._token)
         self._make_disks()
         self._ports = {name: _free_port() for name in GUEST_PORTS}
+        self._power_on(build)
+
+    def _power_on(self, build: Build) -> None:
         began = time.monotonic()
         log(f"booting {build.version} under TCG ({self.cpus} cpus, {self.memory_mb} MiB)")
         with (self.work_dir / "qemu.log").open("wb") as qemu_log:
             self._qemu = subprocess.Popen(
-                self._qemu_argv(build, token_file), stdin=subprocess.DEVNULL,
+                self._qemu_argv(build, self.work_dir / "token"), stdin=subprocess.DEVNULL,
                 stdout=qemu_log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
             )
         self._wait_for_agent(began)
         self.boot_seconds = time.monotonic() - began
         log(f"lab ready in {self.boot_seconds:.1f} s (console: {self.console_log})")
+
+    def power_cut(self) -> None:
+        """Cut the VM's power (qemu is killed) and boot it again. What reached its disks stays (the stores,
+        the helper's session records); everything else starts afresh, as after a real power cut: LIO,
+        device-mapper, loop devices and the tmpfs root (accounts, /etc/bootbroker, /run, processes). The
+        forwarded ports stay the same, so clients reconnect to the same address."""
+        if self._qemu is None or self.build is None:
+            raise LabError("the lab is not running")
+        self._qemu.kill()
+        self._qemu.wait()
+        self._qemu = None
+        log("power cut: the lab VM is off; booting it again with the same disks")
+        self._power_on(self.build)
 
     def _make_disks(self) -> None:
         log("formatting fresh btrfs, xfs and ext4 disks")
@@ -220,7 +236,9 @@ class Lab:
             "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
         ]
         for _, fs, _ in DISKS:
-            # cache=unsafe: the disks are thrown away after each boot.
+            # cache=unsafe: the disks are thrown away after each lab. Writes still reach the host's file
+            # as the guest makes them (qemu keeps no cache of its own for raw images), so what the
+            # guest's kernel wrote survives power_cut(); what only its page cache held does not.
             argv += ["-drive", f"file={self._disk(fs)},format=raw,if=virtio,cache=unsafe"]
         return argv
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import selectors
 import subprocess
 import time
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from lab.deployment import (
     qemu_io,
     qemu_io_argv,
     wrong_secret,
+    Workstation,
 )
 
 BACKENDS = {"reflink": "/srv/btrfs/bootbroker", "dm-snapshot": "/srv/ext4/bootbroker"}
@@ -79,14 +79,8 @@ def test_another_users_credentials_are_refused(deployment: Deployment) -> None:
 def test_a_second_login_drops_the_first_session(deployment: Deployment) -> None:
     lab = deployment.lab
     first = deployment.ensure_session("carol")
-    client = subprocess.Popen(
-        qemu_io_argv(lab, first), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    try:
-        assert client.stdin is not None and client.stdout is not None
-        client.stdin.write("read 0 4096\n")
-        client.stdin.flush()
-        assert "read 4096/4096 bytes" in _read_until(client, "ops/sec", 60)
+    with Workstation(lab, first) as workstation:
+        assert workstation.completes("read 0 4096")
         assert any(s["logged_in"] for s in deployment.cli_json("sessions") if s["user"] == "carol")
 
         second = deployment.ensure_session("carol")
@@ -97,33 +91,9 @@ def test_a_second_login_drops_the_first_session(deployment: Deployment) -> None:
         assert first.initiator_iqn not in acls and second.initiator_iqn in acls
 
         # The connected client is cut off: its next read does not complete.
-        client.stdin.write("read 0 4096\n")
-        client.stdin.flush()
-        assert "read 4096/4096 bytes" not in _read_until(client, "ops/sec", 20)
-    finally:
-        client.kill()
-        client.wait()
+        assert not workstation.completes("read 0 4096", seconds=20)
     assert iscsi_tool(lab, "iscsi-inq", first).returncode != 0
     assert iscsi_tool(lab, "iscsi-inq", second).returncode == 0
-
-
-def _read_until(process: subprocess.Popen[str], marker: str, seconds: float) -> str:
-    """What the process prints until a line containing marker, or until seconds pass."""
-    assert process.stdout is not None
-    seen = ""
-    selector = selectors.DefaultSelector()
-    selector.register(process.stdout, selectors.EVENT_READ)
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if not selector.select(timeout=deadline - time.monotonic()):
-            break
-        line = process.stdout.readline()
-        if not line:
-            break
-        seen += line
-        if marker in line:
-            break
-    return seen
 
 
 def _disk_sha256(deployment: Deployment, grant: Grant, tmp_path: Path) -> str:
@@ -387,20 +357,11 @@ def test_a_users_prepared_disk_is_published_as_the_next_version_of_an_image(depl
     teacher = deployment.ensure_session("tess")
     assert qemu_io(lab, teacher, "write -P 0x44 0 1M").returncode == 0  # she prepares the disk
     publish = ("images", "publish", "other", "--from-overlay", "demo")
-    client = subprocess.Popen(  # and is still logged in
-        qemu_io_argv(lab, teacher), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    try:
-        assert client.stdin is not None
-        client.stdin.write("read 0 4096\n")
-        client.stdin.flush()
-        assert "read 4096/4096 bytes" in _read_until(client, "ops/sec", 60)
+    with Workstation(lab, teacher) as workstation:  # she is still logged in
+        assert workstation.completes("read 0 4096")
         refused = deployment.cli(*publish, "tess", check=False)
         expect_refused(refused, "conflict")
         assert "tess is logged in on demo" in refused.stderr
-    finally:
-        client.kill()
-        client.wait()
     deadline = time.monotonic() + 30  # LIO notices the closed connection
     while any(s["logged_in"] for s in deployment.cli_json("sessions") if s["user"] == "tess"):
         assert time.monotonic() < deadline, "tess's session stayed logged in"

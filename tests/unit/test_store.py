@@ -177,3 +177,30 @@ def test_copy_sparse_keeps_the_content_and_leaves_zeros_as_holes(tmp_path: Path)
         copy_sparse(source, copy, source.stat().st_size)  # never over an existing file
     with pytest.raises(OSError, match="ended at byte"):
         copy_sparse(source, tmp_path / "longer.img", source.stat().st_size + 512)
+
+
+def test_an_interrupted_publish_is_discarded_and_the_next_one_takes_its_number(store: Store, tmp_path: Path) -> None:
+    source = tmp_path / "golden.img"
+    source.write_bytes(b"\1" * 4096)
+    store.publish("demo", source)
+    # A publish that numbered v2 and wrote its checksum, then died before making it current; and one
+    # that died after writing v3's checksum only.
+    staged = store.stage_version("demo", lambda tmp: shutil.copyfile(source, tmp))
+    os.rename(staged, store.image_file("demo", 2))
+    store.checksum_file("demo", 2).write_text("0" * 64 + "  v2.img\n")
+    store.checksum_file("demo", 3).write_text("0" * 64 + "  v3.img\n")
+    assert store.discard_unfinished("demo") == [2]
+    assert store.versions("demo") == [1] and store.current_version("demo") == 1
+    assert sorted(p.name for p in (store.images / "demo").iterdir()) == ["current", "v1.img", "v1.sha256"]
+    assert store.publish("demo", source)[0] == 2
+    assert store.discard_unfinished("demo") == []
+    assert store.discard_unfinished("never-published") == []
+
+
+def test_versions_without_a_current_one_are_unfinished(store: Store, tmp_path: Path) -> None:
+    source = tmp_path / "golden.img"
+    source.write_bytes(b"\1" * 4096)
+    store.publish("demo", source)
+    (store.images / "demo" / "current").unlink()  # the first publish died before writing it
+    assert store.discard_unfinished("demo") == [1]
+    assert not list((store.images / "demo").iterdir())
