@@ -2,8 +2,8 @@
 
 Each point marks a step after which a crash leaves half-done work that `Helper.start` must repair. The
 helper kills itself with SIGKILL (no cleanup, no `finally`, exactly like a power cut to the process) at
-the point named in the environment variable BOOTBROKER_CRASH_AT when it was started. Unset, as it always
-is outside tests/lab/test_faults.py, a point costs one string comparison.
+the point named in the environment variable BOOTBROKER_CRASH_AT when it was started, once it has started
+(see `arm`). Unset, as it always is outside tests/lab/test_faults.py, a point costs one string comparison.
 """
 
 from __future__ import annotations
@@ -31,7 +31,17 @@ POINTS: dict[str, str] = {
 }
 
 
+_armed = False
+
+
+def arm() -> None:
+    """Let the points fire from now on: called once the helper has started, so that its start-up repairs
+    (which pass some of the same points) run unharmed and the crash hits the operation under test."""
+    global _armed
+    _armed = True
+
+
 def crash_point(name: str) -> None:
     assert name in POINTS, name
-    if name == _CRASH_AT:
+    if _armed and name == _CRASH_AT:
         os.kill(os.getpid(), signal.SIGKILL)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from enum import Flag, auto
 from pathlib import Path
 
+from . import faults
 from .config import HelperConfig
 from .errors import BadRequest, BrokerError, ConfigError, InternalError, NotPermitted
 from .helper import Helper, run_operation
@@ -188,6 +189,7 @@ class HelperServer:
 async def run_helper(helper: Helper, config: HelperConfig) -> None:
     groups = Groups.resolve(config)
     await asyncio.to_thread(helper.start)
+    faults.arm()
     server = await HelperServer(helper, config, groups).serve()
     async with server:
         await server.serve_forever()

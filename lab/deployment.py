@@ -7,8 +7,9 @@ on the host and reach the VM's port 3260 through qemu's forwarding on 127.0.0.1.
 from __future__ import annotations
 
 import json
+import os
 import re
-import selectors
+import select
 import signal
 import subprocess
 import time
@@ -232,11 +233,10 @@ class Workstation:
         self.grant = grant
         self.process = subprocess.Popen(
             qemu_io_argv(lab, grant), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True,
         )
-        self._selector = selectors.DefaultSelector()
         assert self.process.stdout is not None
-        self._selector.register(self.process.stdout, selectors.EVENT_READ)
+        self._fd = self.process.stdout.fileno()  # read unbuffered: a buffered line would escape select()
+        self.output = ""  # everything it printed so far, for assertion messages
 
     def __enter__(self) -> Workstation:
         return self
@@ -244,26 +244,26 @@ class Workstation:
     def __exit__(self, *exc: object) -> None:
         self.process.kill()
         self.process.wait()
-        self._selector.close()
 
     def command(self, line: str, seconds: float = 60) -> str:
         """Send one qemu-io command; what it printed until its statistics line, or until `seconds` passed
         (a command whose I/O hangs prints nothing)."""
-        assert self.process.stdin is not None and self.process.stdout is not None
-        self.process.stdin.write(line + "\n")
+        assert self.process.stdin is not None
+        self.process.stdin.write(line.encode() + b"\n")
         self.process.stdin.flush()
-        seen = ""
+        seen = b""
         deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if not self._selector.select(timeout=deadline - time.monotonic()):
+        while b"ops/sec" not in seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([self._fd], [], [], deadline - time.monotonic())
+            if not ready:
                 break
-            out = self.process.stdout.readline()
-            if not out:
+            chunk = os.read(self._fd, 65536)
+            if not chunk:
                 break
-            seen += out
-            if "ops/sec" in out:
-                break
-        return seen
+            seen += chunk
+        text = seen.decode(errors="replace")
+        self.output += f"> {line}\n{text}"
+        return text
 
     def completes(self, line: str, seconds: float = 60) -> bool:
         """Whether a read or write command completed (and a read's -P pattern matched)."""

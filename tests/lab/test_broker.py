@@ -13,13 +13,15 @@ import hashlib
 import re
 import ssl
 import statistics
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
 
 import pytest
 
 from broker.boot import PUBLISHED_TTL
-from lab.broker import SERVICE_ACCOUNT, BrokerDeployment, grant_from_script, running
+from lab.broker import SERVICE_ACCOUNT, Answer, BrokerDeployment, grant_from_script, running
 from lab.deployment import iscsi_tool, wrong_secret
 from lab.vm import Lab
 
@@ -182,6 +184,32 @@ def test_login_and_boot_latency(broker: BrokerDeployment) -> None:
         f"(medians of {len(logins)}/{len(colds)}/{len(warms)} curl time_total under TCG, each including a "
         f"TLS handshake of {ms(handshakes)})"
     )
+
+
+def test_fifty_users_logging_in_at_once_all_boot(broker: BrokerDeployment) -> None:
+    users = [f"class{i:02d}" for i in range(50)]
+    broker.add_users(users)
+    scripts: dict[str, Answer] = {}
+    start = threading.Barrier(len(users))
+
+    def log_in_and_boot(user: str) -> None:
+        start.wait()
+        menu = broker.login(user)
+        scripts[user] = broker.boot(menu.body) if menu.status == 200 else menu
+
+    began = time.monotonic()
+    with ThreadPoolExecutor(len(users)) as pool:
+        list(pool.map(log_in_and_boot, users))
+    seconds = time.monotonic() - began
+    assert sorted(user for user, answer in scripts.items() if answer.status == 200) == users, {
+        user: (answer.status, answer.body) for user, answer in scripts.items() if answer.status != 200}
+    grants = {user: grant_from_script(answer.body) for user, answer in scripts.items()}
+    assert len({g.target_iqn for g in grants.values()}) == len(users)  # each her own disk
+    assert broker.helper.problems() == []  # each target has exactly its user's one ACL
+    for user in users[::10]:
+        assert iscsi_tool(broker.lab, "iscsi-inq", grants[user]).returncode == 0, user
+    print(f"\nSTORM {len(users)} users logged in and booted at once: all served in {seconds:.1f} s "
+          f"(PAM, overlay, target, ACL each; TCG)")
 
 
 def test_no_password_secret_or_token_in_the_broker_log(broker: BrokerDeployment) -> None:

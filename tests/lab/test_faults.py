@@ -156,14 +156,14 @@ def test_a_helper_killed_inside_publish_leaves_the_image_as_it_was(deployment: D
     lab = deployment.lab
     source = "/tmp/next-other.img"
     lab.run(["dd", "if=/dev/urandom", f"of={source}", "bs=1M", "count=4", "status=none"])
-    (before,) = [i for i in deployment.cli_json("images") if i["image"] == "other"]
+    (before,) = [i for i in deployment.cli_json("images", "list") if i["image"] == "other"]
     repairs = crash(deployment, point, lambda: deployment.cli("images", "publish", "other", source, check=False))
     print(f"{deployment.backend} {point}: repaired {repairs}")
     assert deployment.problems() == []
-    (after,) = [i for i in deployment.cli_json("images") if i["image"] == "other"]
+    (after,) = [i for i in deployment.cli_json("images", "list") if i["image"] == "other"]
     assert after == before
     deployment.cli("images", "publish", "other", source)
-    (published,) = [i for i in deployment.cli_json("images") if i["image"] == "other"]
+    (published,) = [i for i in deployment.cli_json("images", "list") if i["image"] == "other"]
     newest = published["versions"][-1]
     assert published["current"] == newest["version"] == before["current"] + 1
     assert newest["sha256"] == lab.run(["sha256sum", source]).stdout.split()[0]
@@ -182,7 +182,6 @@ def test_workstations_keep_reading_and_writing_while_the_helper_restarts(deploym
         assert workstation.completes("write -P 0x33 128k 64k")
         for at, pattern in ((0, "0x31"), (64, "0x32"), (128, "0x33")):
             assert workstation.completes(f"read -P {pattern} {at}k 64k")
-        assert workstation.completes("flush")
         # the same session all along: the restart neither dropped it nor made another ACL
         assert deployment.initiators(grant.target_iqn) == {grant.initiator_iqn: True}
     assert deployment.problems() == []
@@ -244,6 +243,28 @@ def test_a_store_that_fills_up_while_an_overlay_is_made_refuses_it_cleanly(deplo
     assert iscsi_tool(lab, "iscsi-inq", deployment.ensure_session("late-comer")).returncode == 0
     assert deployment.problems() == []
     bystander_intact(deployment)
+
+
+def test_after_a_power_cut_live_sessions_come_back_and_the_workstation_reconnects(deployment: Deployment) -> None:
+    # Last in this module: the VM's tmpfs root (accounts, configuration) starts afresh.
+    lab = deployment.lab
+    grant = deployment.ensure_session("powered")
+    with Workstation(lab, grant) as workstation:
+        assert workstation.completes("write -f -P 0x50 0 64k")  # -f: FUA, on the disk when it completes
+        lab.power_cut()
+        deployment.process = None
+        prepare_accounts(lab)
+        deployment.install()
+        deployment.start()  # the kernel's LIO is empty: the session records bring the targets and ACLs back
+        assert deployment.problems() == []
+        # the same qemu-io, which lost its connection with the power, logs in again with the same
+        # credentials (libiscsi reconnects by itself) and reads what it wrote before the cut
+        assert workstation.completes("read -P 0x50 0 64k", seconds=180), workstation.output
+        assert workstation.completes("write -P 0x51 64k 64k")
+        assert deployment.initiators(grant.target_iqn) == {grant.initiator_iqn: True}
+    assert reads(deployment, "powered", "0x50")
+    bystander_intact(deployment)
+    assert deployment.problems() == []
 
 
 FILL_UP = """
