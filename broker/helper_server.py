@@ -127,10 +127,11 @@ def grant_group_access(path: Path, gid: int) -> None:
 
 
 class HelperServer:
-    def __init__(self, helper: Helper, config: HelperConfig, groups: Groups) -> None:
+    def __init__(self, helper: Helper, config: HelperConfig, groups: Groups, idle_timeout: float = IDLE_TIMEOUT) -> None:
         self.helper = helper
         self.config = config
         self.groups = groups
+        self.idle_timeout = idle_timeout
 
     async def serve(self) -> asyncio.AbstractServer:
         path = self.config.socket
@@ -156,7 +157,7 @@ class HelperServer:
         try:
             while True:
                 try:
-                    line = await asyncio.wait_for(reader.readline(), IDLE_TIMEOUT)
+                    line = await asyncio.wait_for(reader.readline(), self.idle_timeout)
                 except TimeoutError:
                     break
                 except ValueError:  # longer than the limit; the stream cannot be resynchronised

@@ -50,13 +50,19 @@ def decode_request(line: bytes) -> Request:
     if len(line) > MAX_MESSAGE_BYTES:
         raise BadRequest(f"request longer than {MAX_MESSAGE_BYTES} bytes")
     try:
-        message = json.loads(line)
+        message = json.loads(line, parse_constant=_no_constant)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise BadRequest("request is not one line of JSON") from None
+    except RecursionError:
+        # [[[[...: json's decoder recurses per level; 4 KiB nest deeper than Python's recursion limit.
+        raise BadRequest("request nests too deeply") from None
     if not isinstance(message, dict):
         raise BadRequest("request must be a JSON object")
-    if message.get("v") != VERSION:
-        raise UnsupportedVersion(f"protocol version {message.get('v')!r} not supported; this helper speaks {VERSION}")
+    if type(message.get("v")) is not int or message["v"] != VERSION:  # not true, not 1.0
+        shown = repr(message.get("v"))
+        raise UnsupportedVersion(
+            f"protocol version {shown if len(shown) <= 20 else shown[:20] + '...'} not supported; this helper speaks {VERSION}"
+        )
     op, args = message.get("op"), message.get("args", {})
     if set(message) - {"v", "op", "args"}:
         raise BadRequest(f"unknown request fields: {', '.join(sorted(set(message) - {'v', 'op', 'args'}))}")
@@ -68,6 +74,11 @@ def decode_request(line: bytes) -> Request:
     if set(args) != expected:
         raise BadRequest(f"{op} takes arguments {sorted(expected)}, got {sorted(args)}")
     return Request(op, args)
+
+
+def _no_constant(name: str) -> Any:
+    # Python's json reads NaN, Infinity and -Infinity, which JSON does not have.
+    raise BadRequest(f"request has {name}, which is not JSON")
 
 
 def encode_result(result: Any) -> bytes:
