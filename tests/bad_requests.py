@@ -202,8 +202,9 @@ def send(conn: Connection, raw: bytes, host: str = "127.0.0.1", timeout: float =
     conn.settimeout(timeout)
     try:
         for start in range(0, len(data), 16384):
-            readable, _, _ = select.select([conn], [], [], 0)
-            if readable:
+            # Not before the first piece: over TLS 1.3 the server's session tickets make the socket
+            # readable before any answer (bodies larger than one piece are for plain HTTP only).
+            if start and select.select([conn], [], [], 0)[0]:
                 break
             conn.sendall(data[start:start + 16384])
     except (BrokenPipeError, ConnectionResetError):
