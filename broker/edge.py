@@ -24,6 +24,7 @@ from ssl import SSLContext
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from .web import HANDLER_LIMITS, AccessLogger
@@ -91,6 +92,16 @@ class _CappedHandler(RequestHandler):
         self._cap.release(self._admitted)
         self._admitted = None
         super().connection_lost(exc)
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        """aiohttp logs each request its parser refuses as an error with a traceback: anyone could fill the
+        log with them. Such a request (already answered 400 or 413) is one line at info level; anything
+        else keeps aiohttp's error and traceback."""
+        exc = kw.get("exc_info")
+        if isinstance(exc, HttpProcessingError):
+            log.info("refused a malformed request from %s: %s", self._admitted, exc.message[:200])
+            return
+        super().log_exception(*args, **kw)
 
 
 class GuardedSite(web.BaseSite):

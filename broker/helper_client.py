@@ -34,6 +34,8 @@ class HelperClient:
                 ) from None
             except ConnectionRefusedError:
                 raise HelperUnavailable(f"the helper at {self.socket_path} is not accepting connections") from None
+            except BlockingIOError:  # EAGAIN: its queue of connections waiting to be accepted is full
+                raise HelperUnavailable(f"the helper at {self.socket_path} is too busy to take a connection") from None
             try:
                 conn.sendall(encode_request(op, args))
                 line = conn.makefile("rb").readline(MAX_REPLY_BYTES)
@@ -42,7 +44,10 @@ class HelperClient:
             except ConnectionError as e:
                 raise HelperUnavailable(f"the helper closed the connection: {e}") from None
         if not line:
-            raise HelperUnavailable("the helper closed the connection without answering")
+            raise HelperUnavailable(
+                "the helper closed the connection without answering (did it stop? see its log; it repairs "
+                "half-done work when it starts again, so the request can be repeated then)"
+            )
         try:
             reply = json.loads(line)
         except json.JSONDecodeError:

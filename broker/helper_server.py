@@ -29,6 +29,7 @@ from .protocol import MAX_MESSAGE_BYTES, decode_request, encode_error, encode_re
 log = logging.getLogger(__name__)
 
 IDLE_TIMEOUT = 30.0  # a peer that connects and never speaks is dropped after this
+BACKLOG = 1024  # connections waiting to be accepted (asyncio's default of 100 is short for a boot storm)
 
 
 class Role(Flag):
@@ -143,7 +144,9 @@ class HelperServer:
         # Created 0600 and only then opened to the broker group, so no one connects in between.
         old_umask = os.umask(0o177)
         try:
-            server = await asyncio.start_unix_server(self._connection, path, limit=MAX_MESSAGE_BYTES + 1)
+            server = await asyncio.start_unix_server(
+                self._connection, path, limit=MAX_MESSAGE_BYTES + 1, backlog=BACKLOG
+            )
         finally:
             os.umask(old_umask)
         os.chown(path, 0, self.groups.broker)

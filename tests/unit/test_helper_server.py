@@ -5,6 +5,7 @@ protocol edge are checked, over a real Unix socket.
 """
 
 import asyncio
+import socket
 import json
 import os
 from pathlib import Path
@@ -159,3 +160,27 @@ async def test_an_oversized_request_is_refused(socket_path: Path) -> None:
 def test_a_missing_helper_is_reported_clearly(socket_path: Path) -> None:
     with pytest.raises(HelperUnavailable, match="is `bootbroker helper` running"):
         HelperClient(socket_path).call("health")
+
+
+def test_a_helper_too_busy_to_take_a_connection_is_reported_clearly(socket_path: Path) -> None:
+    # A listener that never accepts: once its queue is full, a connect with a timeout (non-blocking
+    # underneath) fails with EAGAIN, which must read as "unavailable", not as an unexpected failure.
+    waiting: list[socket.socket] = []
+    socket_path.parent.mkdir()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(socket_path))
+        listener.listen(0)
+        try:
+            while True:
+                conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                waiting.append(conn)
+                conn.setblocking(False)
+                try:
+                    conn.connect(str(socket_path))
+                except BlockingIOError:
+                    break
+            with pytest.raises(HelperUnavailable, match="too busy"):
+                HelperClient(socket_path, timeout=1).call("health")
+        finally:
+            for conn in waiting:
+                conn.close()

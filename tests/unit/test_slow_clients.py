@@ -6,11 +6,14 @@ connections. Deadlines are short here and margins generous: only behaviour is as
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import ssl
 import threading
 import time
 from pathlib import Path
+
+import pytest
 
 from broker.tls import ensure_certificate, server_context
 from tests import bad_requests
@@ -163,3 +166,14 @@ def test_trickle_helper_sees_an_open_connection_as_open() -> None:
         for conn in accepted:
             conn.close()
         server.close()
+
+
+async def test_a_malformed_request_is_one_line_in_the_log_not_a_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with served(broker_config(), {}) as s:
+        assert await asyncio.to_thread(status, s.port, b"GET /boot.ipxe HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n") == 400
+        assert await asyncio.to_thread(status, s.port) == 200
+    refusals = [r for r in caplog.records if "malformed request" in r.getMessage()]
+    assert len(refusals) == 1 and refusals[0].levelno == logging.INFO and refusals[0].exc_info is None
+    assert "127.0.0.1" in refusals[0].getMessage()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
