@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from broker.access import NssDirectory
 from broker.backends import make_backend
 from broker.config import parse
 from broker.helper import Helper
@@ -49,7 +50,7 @@ def main(argv: list[str]) -> int:
                   "advertise": ["10.0.2.15:3260"]},
         "images": {"bench": {"users": ["*"]}},
     }, "benchmark")
-    helper = Helper(config, make_backend(config.store), Lio(config.iscsi.portals))
+    helper = Helper(config, make_backend(config.store), Lio(config.iscsi.portals), NssDirectory())
     helper.start()
     golden = store / "golden.img"
     with open(golden, "wb") as f:
