@@ -29,6 +29,9 @@ HOST_PACKAGES = (
     "extlinux", "syslinux-common", "fdisk",
 )
 
+# Only for the benchmarks (scripts/lab bench): the mktgt approach's userspace target, tgtd.
+BENCH_PACKAGES = ("tgt",)
+
 # The metapackage tracks the current Debian 12 kernel ABI; we boot the package it depends on.
 KERNEL_META = "linux-image-amd64"
 
@@ -107,9 +110,9 @@ def _apt_update() -> None:
     _apt(["apt-get", "update"])
 
 
-def ensure_host_packages() -> None:
-    installed = _installed(HOST_PACKAGES)
-    missing = [p for p in HOST_PACKAGES if p not in installed]
+def ensure_host_packages(packages: tuple[str, ...] = HOST_PACKAGES) -> None:
+    installed = _installed(packages)
+    missing = [p for p in packages if p not in installed]
     if not missing:
         return
     if os.geteuid() != 0:

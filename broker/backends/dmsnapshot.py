@@ -105,6 +105,16 @@ class DmSnapshotBackend:
 
     @staticmethod
     def _exists(name: str) -> bool:
+        """Whether device-mapper has a device `name`. Every login asks (attach, fill level): the common case,
+        its /dev/mapper node naming a live dm device of that name, costs a stat and a sysfs read; a missing or
+        stale node (no udev here) falls back to asking dmsetup."""
+        try:
+            node = os.stat(Path("/dev/mapper") / name)
+            live = Path(f"/sys/dev/block/{os.major(node.st_rdev)}:{os.minor(node.st_rdev)}/dm/name")
+            if live.read_text().strip() == name:
+                return True
+        except OSError:
+            pass
         try:
             run_tool(["dmsetup", "info", "-c", "--noheadings", "-o", "name", name])
         except BackendFailure:
