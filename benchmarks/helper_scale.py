@@ -14,7 +14,6 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from broker.access import NssDirectory
@@ -22,15 +21,7 @@ from broker.backends import make_backend
 from broker.config import parse
 from broker.helper import Helper
 from broker.lio import Lio
-
-
-def timed(action: Callable[[], object], repeat: int) -> list[float]:
-    times = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - started)
-    return times
+from timing import timed  # benchmarks/timing.py: run as python benchmarks/NAME.py
 
 
 def main(argv: list[str]) -> int:

@@ -23,10 +23,10 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from broker.helper_client import HelperClient
+from timing import timed  # benchmarks/timing.py: run as python benchmarks/NAME.py
 
 MKTGT = Path(__file__).resolve().parent / "mktgt" / "mktgt"
 TGT_CONTROL_PORT = "7"
@@ -36,15 +36,6 @@ GOLDEN_MIB = 16
 
 def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def timed(action: Callable[[], object], repeat: int) -> list[float]:
-    times = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - started)
-    return times
 
 
 class Mktgt:
