@@ -144,6 +144,7 @@ class BootFlow:
         signer: TokenSigner,
         limiter: LoginLimiter,
         clock: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.broker = broker
@@ -154,7 +155,7 @@ class BootFlow:
         self.signer = signer
         self.limiter = limiter
         self.notes = FailureNotes(clock)
-        self.metrics = Metrics()
+        self.metrics = metrics or Metrics()
         self._clock = clock
         self._published: tuple[float, frozenset[str]] = (float("-inf"), frozenset())
 

@@ -1,5 +1,6 @@
 """The broker's metrics in Prometheus' text format (version 0.0.4): counters and a histogram kept in memory,
 plus the helper's gauges (sessions, overlays, backups, free bytes) read from its `health` at scrape time.
+PAM's share of the broker's CPU is the ratio of bootbroker_pam_cpu_seconds_total to process_cpu_seconds_total.
 
 No names, addresses or secrets: only counts and times.
 """
@@ -7,6 +8,7 @@ No names, addresses or secrets: only counts and times.
 from __future__ import annotations
 
 import bisect
+import time
 from collections import Counter
 from typing import Any
 
@@ -28,6 +30,9 @@ class Metrics:
         self.session_failures = 0
         self._bucket_counts = [0] * (len(SESSION_BUCKETS) + 1)  # the last: above every bucket
         self._session_sum = 0.0
+        self.pam_conversations = 0
+        self.pam_seconds = 0.0
+        self.pam_cpu_seconds = 0.0
 
     def login(self, result: str) -> None:
         assert result in LOGIN_RESULTS, result
@@ -39,6 +44,11 @@ class Metrics:
 
     def session_failed(self) -> None:
         self.session_failures += 1
+
+    def pam_conversation(self, seconds: float, cpu_seconds: float) -> None:
+        self.pam_conversations += 1
+        self.pam_seconds += seconds
+        self.pam_cpu_seconds += cpu_seconds
 
     def render(self, helper: dict[str, Any] | None) -> str:
         """The exposition text; `helper` is the helper's health, or None if it did not answer."""
@@ -61,6 +71,18 @@ class Metrics:
             "# HELP bootbroker_ensure_session_failures_total Boot sessions the helper could not start.",
             "# TYPE bootbroker_ensure_session_failures_total counter",
             f"bootbroker_ensure_session_failures_total {self.session_failures}",
+            "# HELP bootbroker_pam_conversations_total PAM conversations (logins that reached PAM).",
+            "# TYPE bootbroker_pam_conversations_total counter",
+            f"bootbroker_pam_conversations_total {self.pam_conversations}",
+            "# HELP bootbroker_pam_seconds_total Time spent in PAM conversations (not waiting for a PAM thread).",
+            "# TYPE bootbroker_pam_seconds_total counter",
+            f"bootbroker_pam_seconds_total {self.pam_seconds:.6f}",
+            "# HELP bootbroker_pam_cpu_seconds_total CPU time of the broker's PAM threads in conversations.",
+            "# TYPE bootbroker_pam_cpu_seconds_total counter",
+            f"bootbroker_pam_cpu_seconds_total {self.pam_cpu_seconds:.6f}",
+            "# HELP process_cpu_seconds_total CPU time of the broker's process, all threads (user and system).",
+            "# TYPE process_cpu_seconds_total counter",
+            f"process_cpu_seconds_total {time.process_time():.6f}",
             "# HELP bootbroker_helper_up Whether the helper answered this scrape.",
             "# TYPE bootbroker_helper_up gauge",
             f"bootbroker_helper_up {0 if helper is None else 1}",

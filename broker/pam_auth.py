@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pam
@@ -23,24 +25,35 @@ log = logging.getLogger(__name__)
 MAX_PASSWORD_LENGTH = 512
 
 
+# observe(seconds, cpu_seconds) of each PAM conversation: its time in a PAM thread, and that thread's CPU time
+# (modules such as pam_unix hash the password in our process).
+Observer = Callable[[float, float], None]
+
+
 class PamAuthenticator:
-    def __init__(self, service: str, concurrency: int) -> None:
+    def __init__(self, service: str, concurrency: int, observe: Observer | None = None) -> None:
         self.service = service
+        self.observe = observe
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="pam")
 
-    def _check(self, user: str, password: str) -> bool:
+    def _check(self, user: str, password: str) -> tuple[bool, float, float]:
+        started, cpu_started = time.perf_counter(), time.thread_time()
         # One handle per conversation: python-pam's object keeps per-call state and is not thread-safe.
         handle = pam.pam()
         ok = bool(handle.authenticate(user, password, service=self.service, resetcreds=False))
         if not ok:
             log.info("PAM refused %s: %s", user, handle.reason)
-        return ok
+        return ok, time.perf_counter() - started, time.thread_time() - cpu_started
 
     async def authenticate(self, user: str, password: str) -> bool:
         """True when PAM's auth and account stacks of the service accept this user and password."""
         if not password or len(password) > MAX_PASSWORD_LENGTH or "\0" in password or "\0" in user:
             return False
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._check, user, password)
+        ok, seconds, cpu_seconds = await asyncio.get_running_loop().run_in_executor(
+            self._pool, self._check, user, password)
+        if self.observe is not None:
+            self.observe(seconds, cpu_seconds)  # in the event loop's thread: no lock needed
+        return ok
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -22,6 +22,7 @@ from .edge import ConnectionCap, GuardedSite, handler_args
 from .errors import BadRequest, InternalError, UnsupportedVersion
 from .helper_client import HelperClient
 from .limiter import LoginLimiter
+from .metrics import Metrics
 from .pam_auth import PamAuthenticator
 from .scripts import ScriptRenderer
 from .tls import describe, ensure_certificate, server_context
@@ -65,11 +66,12 @@ class ThreadedHelper:
 
 
 def build_app(config: Config, broker: BrokerConfig) -> web.Application:
-    authenticator = PamAuthenticator(broker.pam_service, broker.pam_concurrency)
+    metrics = Metrics()
+    authenticator = PamAuthenticator(broker.pam_service, broker.pam_concurrency, observe=metrics.pam_conversation)
     helper = ThreadedHelper(HelperClient(config.helper.socket, timeout=HELPER_TIMEOUT))
     flow = BootFlow(
         config, broker, authenticator, helper, NssDirectory(), ScriptRenderer(broker.templates),
-        TokenSigner(broker.token_ttl), LoginLimiter(broker.limits),
+        TokenSigner(broker.token_ttl), LoginLimiter(broker.limits), metrics=metrics,
     )
     app = make_app(flow, helper)
 

@@ -62,3 +62,30 @@ async def test_impossible_credentials_never_reach_pam(slow_pam: Any, user: str, 
     finally:
         auth.close()
     assert slow_pam.calls == []
+
+
+class BusyPam(SlowPam):
+    """Burns CPU in the PAM thread, as pam_unix does while it hashes a password."""
+
+    def authenticate(self, user: str, password: str, service: str, resetcreds: bool) -> bool:
+        deadline = time.thread_time() + 0.05
+        while time.thread_time() < deadline:
+            pass
+        time.sleep(0.05)
+        return True
+
+
+async def test_each_conversation_is_observed_with_its_time_and_cpu_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pam_auth.pam, "pam", BusyPam)
+    seen: list[tuple[float, float, str]] = []
+    auth = PamAuthenticator("bootbroker", concurrency=2,
+                            observe=lambda s, cpu: seen.append((s, cpu, threading.current_thread().name)))
+    try:
+        assert await asyncio.gather(auth.authenticate("a", "x"), auth.authenticate("b", "y")) == [True, True]
+        assert await auth.authenticate("c", "") is False  # refused before PAM: no conversation
+    finally:
+        auth.close()
+    assert len(seen) == 2
+    for seconds, cpu, thread in seen:
+        assert 0.05 <= cpu < seconds  # the CPU burnt, not the sleep; the time, both
+        assert thread == threading.main_thread().name  # reported in the event loop's thread

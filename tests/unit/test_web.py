@@ -15,6 +15,7 @@ from broker.boot import BootFlow
 from broker.config import Config
 from broker.errors import BackendFailure, StoreFull
 from broker.limiter import LoginLimiter
+from broker.metrics import Metrics
 from broker.scripts import ScriptRenderer
 from broker.tokens import TokenSigner
 from broker.web import HANDLER_LIMITS, AccessLogger, make_app
@@ -322,6 +323,23 @@ async def test_metrics_count_logins_and_time_sessions(make_client: Any) -> None:
     assert metric(text, 'bootbroker_ensure_session_seconds_bucket{le="+Inf"}') == 2
     assert metric(text, "bootbroker_helper_up") == 1 and metric(text, "bootbroker_live_sessions") == 2
     assert metric(text, "bootbroker_store_free_bytes") == 1 << 30
+    assert metric(text, "bootbroker_pam_conversations_total") == 0  # the fake authenticator is not PAM
+    assert metric(text, "process_cpu_seconds_total") > 0
+
+
+def test_metrics_add_up_pam_conversations_and_the_process_cpu() -> None:
+    metrics = Metrics()
+    metrics.pam_conversation(0.5, 0.25)
+    metrics.pam_conversation(1.0, 0.5)
+    before = metric(metrics.render(None), "process_cpu_seconds_total")
+    deadline = time.process_time() + 0.05
+    while time.process_time() < deadline:
+        pass
+    text = metrics.render(None)
+    assert metric(text, "bootbroker_pam_conversations_total") == 2
+    assert metric(text, "bootbroker_pam_seconds_total") == 1.5
+    assert metric(text, "bootbroker_pam_cpu_seconds_total") == 0.75
+    assert metric(text, "process_cpu_seconds_total") >= before + 0.05
 
 
 async def test_metrics_say_when_the_helper_is_down_and_count_failed_sessions(make_client: Any) -> None:
