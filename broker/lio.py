@@ -26,6 +26,7 @@ from rtslib_fb import (
     NodeACL,
     Target,
 )
+from rtslib_fb import tcm
 from rtslib_fb.node import CFSNode
 from rtslib_fb.utils import RTSLibError, RTSLibNotInCFSError
 
@@ -54,6 +55,20 @@ def _lookup_or_create(lookup: Callable[[], T], create: Callable[[], T], created:
         obj = create()
         created.append(obj)
         return obj
+
+
+def _backstore_made(create: Callable[[], T]) -> T:
+    """`create()` a storage object. rtslib-fb numbers its backstore from a per-process cache of configfs,
+    read once; another program making backstores meanwhile (targetcli, a site's own tooling) leaves it stale,
+    and the number taken collides ("already exists in configFS"). Then the cache is read again and `create`
+    retried once: rereading it on every login would walk every storage object in configfs."""
+    try:
+        return create()
+    except RTSLibError as e:
+        if "already exists" not in str(e):
+            raise
+        tcm.bs_cache.clear()
+        return create()
 
 
 def _rolled_back(created: list[Any]) -> None:
@@ -98,12 +113,14 @@ class Lio:
                 size = device.stat().st_size
                 so = _lookup_or_create(
                     lambda: FileIOStorageObject(so_name),
-                    lambda: FileIOStorageObject(so_name, dev=str(device), size=size),
+                    lambda: _backstore_made(lambda: FileIOStorageObject(so_name, dev=str(device), size=size)),
                     created,
                 )
             else:
                 so = _lookup_or_create(
-                    lambda: BlockStorageObject(so_name), lambda: BlockStorageObject(so_name, dev=str(device)), created
+                    lambda: BlockStorageObject(so_name),
+                    lambda: _backstore_made(lambda: BlockStorageObject(so_name, dev=str(device))),
+                    created,
                 )
             crash_point("storage-object-created")
             target = _lookup_or_create(

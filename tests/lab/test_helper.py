@@ -313,6 +313,30 @@ def test_sessions_come_back_after_a_helper_restart_and_after_lio_is_lost(deploym
     assert any(s["user"] == "ivy" for s in deployment.cli_json("sessions"))
 
 
+OTHER_TOOL = """
+import sys
+from rtslib_fb import FileIOStorageObject
+so = FileIOStorageObject("another-tool", dev="/tmp/another-tool.img", size=1 << 20)
+sys.stdout.write(so.path)
+"""
+
+
+def test_storage_objects_another_program_makes_meanwhile_do_not_break_logins(deployment: Deployment) -> None:
+    """rtslib numbers backstores from a per-process cache: a backstore made by another program (targetcli,
+    rtslib in another process) while the helper runs took the number the helper would pick next."""
+    deployment.ensure_session("lee")  # the helper's cache is read by now
+    lab = deployment.lab
+    path = lab.run([str(lab.python), "-c", OTHER_TOOL]).stdout
+    try:
+        for user in ("mia", "ned"):  # the first collides and is retried; the second finds a free number
+            grant = deployment.ensure_session(user)
+            assert iscsi_tool(lab, "iscsi-inq", grant).returncode == 0
+        assert lab.run(["test", "-d", path], check=False).rc == 0  # the other program's object is untouched
+    finally:
+        lab.run([str(lab.python), "-c",
+                 "from rtslib_fb import FileIOStorageObject; FileIOStorageObject('another-tool').delete()"])
+
+
 def test_images_list_versions_and_retire_refuses_what_is_in_use(deployment: Deployment) -> None:
     # Last in this module: it publishes new versions, which the tests above do not expect.
     deployment.ensure_session("ivan")  # an overlay of demo v1
