@@ -53,11 +53,13 @@ class BrokerDeployment:
     """`bootbroker serve` in the VM for the helper `helper` (which must already run), and its client."""
 
     def __init__(self, helper: Deployment, *, failure_delay: float = 0.5, insecure_http: bool = False,
-                 url: str | None = None) -> None:
+                 url: str | None = None, connections_per_address: int = 256) -> None:
         self.helper = helper
         self.lab: Lab = helper.lab
         self.insecure_http = insecure_http
         self.failure_delay = failure_delay
+        # Every client of the lab reaches the VM from qemu's 10.0.2.2: one address for a whole class.
+        self.connections_per_address = connections_per_address
         self.config = helper.config.replace(".toml", "-broker.toml")
         self.certificate = f"{STATE}/tls/broker.crt"
         self.key = f"{STATE}/tls/broker.key"
@@ -87,8 +89,7 @@ certificate = "{self.certificate}"
 key = "{self.key}"
 pam_service = "bootbroker"
 insecure_http = {str(self.insecure_http).lower()}
-# Every client of the lab reaches the VM from qemu's 10.0.2.2: one address for a whole class.
-connections_per_address = 256
+connections_per_address = {self.connections_per_address}
 
 [broker.limits]
 failure_delay = {self.failure_delay}

@@ -1,0 +1,312 @@
+"""The benchmark's work inside the lab VM, one step per subcommand (lab/bench.py runs them as root there).
+
+Each step prints one JSON document on stdout; progress goes to stderr. Two sides serve the same golden
+image from the same kind of filesystem, on the VM's kernel:
+- bootbroker: the deployment's running helper, asked over its Unix socket as the broker asks it
+  (`ensure_session`: overlay and target if missing, the previous ACL replaced, a fresh CHAP secret);
+- mktgt: benchmarks/mktgt/mktgt, the Fedora article's per-login script (tgtd on iSCSI port 3261, dm-snapshot
+  over loop devices, tgtadm, serialised with flock), one process per login as its web app runs it (without
+  sudo, which the lab does not have: the article's figure would be a little higher).
+
+  mktgt-setup   the mktgt side's image and overlay directory (tgtd itself is started by the caller)
+  fill          users filler<FIRST>..filler<N-1> log in once each on one side: N targets in all
+  logins        warm logins (a user with a target: new credentials) and cold ones (new users), timed
+  overlays      overlay creation for a 1 GiB and a 100 GiB sparse golden image, each approach
+  io            qemu-img bench through iSCSI on users' overlays and on a target of the golden image itself
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from broker.backends.dmsnapshot import DmSnapshotBackend
+from broker.backends.reflink import ReflinkBackend
+from broker.config import Portal
+from broker.helper_client import HelperClient
+from broker.lio import Lio
+from timing import timed  # benchmarks/timing.py: run as python benchmarks/NAME.py
+
+MKTGT = Path(__file__).resolve().parent / "mktgt" / "mktgt"
+MKTGT_CONTROL_PORT = "7"  # tgtd's control port (the caller starts tgtd with -C 7)
+MKTGT_ISCSI_PORT = 3261  # LIO holds 3260 in the same VM
+GIB = 2**30
+GOLDEN_SECRET = "goldensecret12345"  # the golden-image targets' CHAP secret (a benchmark in a throwaway VM)
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class Bootbroker:
+    """The running helper, asked over its socket as the broker asks it."""
+
+    def __init__(self, socket_path: str, image: str) -> None:
+        self.client = HelperClient(Path(socket_path), timeout=300)
+        self.image = image
+
+    def login(self, user: str) -> dict[str, Any]:
+        grant: dict[str, Any] = self.client.call("ensure_session", image=self.image, user=user)
+        return grant
+
+
+class Mktgt:
+    """The per-login script on its own image and overlay directory, `<root>/<instance>.img` and `.cow/`."""
+
+    def __init__(self, root: str, instance: str = "bench") -> None:
+        self.root = Path(root)
+        self.instance = instance
+        self.env = dict(os.environ, MKTGT_ROOT=root, MKTGT_CONTROL_PORT=MKTGT_CONTROL_PORT)
+
+    def setup(self, golden: Path) -> None:
+        (self.root / f"{self.instance}.cow").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(golden, self.root / f"{self.instance}.img")
+
+    def login(self, user: str) -> str:
+        """One run of the script; the user's new CHAP password."""
+        done = subprocess.run([str(MKTGT), self.instance, user], env=self.env, capture_output=True, text=True,
+                              check=False)
+        if done.returncode != 0 or not done.stdout:
+            raise RuntimeError(f"mktgt {self.instance} {user} failed: {done.stderr.strip()}")
+        return done.stdout
+
+    def target(self, user: str) -> str:
+        """The IQN the script gives the user's target (from the host name, as the article does)."""
+        return "iqn." + ".".join(reversed(socket.gethostname().split("."))) + f":{self.instance}-{user}"
+
+
+def side(args: argparse.Namespace) -> Bootbroker | Mktgt:
+    return Bootbroker(args.socket, args.image) if args.side == "bootbroker" else Mktgt(args.mktgt_root)
+
+
+def cmd_mktgt_setup(args: argparse.Namespace) -> Any:
+    Mktgt(args.mktgt_root).setup(Path(args.golden))
+    return {"root": args.mktgt_root}
+
+
+def cmd_fill(args: argparse.Namespace) -> Any:
+    login = side(args).login
+    started = time.perf_counter()
+    for i in range(args.first, args.to):
+        login(f"filler{i}")
+        if (i + 1) % 500 == 0:
+            say(f"    {args.side}: {i + 1} targets ({time.perf_counter() - started:.0f} s)")
+    return {"targets": args.to, "seconds": time.perf_counter() - started}
+
+
+def cmd_logins(args: argparse.Namespace) -> Any:
+    login = side(args).login
+    login(f"warm-{args.tag}")
+    warm = timed(lambda: login(f"warm-{args.tag}"), args.repeat)
+    cold_users = iter(f"cold-{args.tag}-{i}" for i in range(args.repeat))
+    cold = timed(lambda: login(next(cold_users)), args.repeat)
+    return {"warm": warm, "cold": cold}
+
+
+# overlays
+
+def sparse_golden(path: Path, size: int) -> None:
+    """A sparse disk of `size` bytes with the same data at its start and end whatever its size: 32 MiB
+    (boot sector, system files) and 1 MiB (a backup partition table)."""
+    with open(path, "wb") as f:
+        f.write(os.urandom(32 * 2**20))
+        f.seek(size - 2**20)
+        f.write(os.urandom(2**20))
+
+
+def allocated(path: Path) -> int:
+    return path.stat().st_blocks * 512
+
+
+def cmd_overlays(args: argparse.Namespace) -> Any:
+    """Per approach and golden size: seconds to make one user's overlay ready to export (p50 of --repeat),
+    and the bytes it takes."""
+    results: dict[str, Any] = {}
+    for name, size in (("1GiB", GIB), ("100GiB", 100 * GIB)):
+        row: dict[str, Any] = {}
+        for label, directory, backend in (("reflink", Path(args.reflink_dir), ReflinkBackend()),
+                                          ("dm-snapshot", Path(args.dm_dir), DmSnapshotBackend(cow_percent=20))):
+            directory.mkdir(parents=True, exist_ok=True)
+            golden = directory / f"golden-{name}.img"
+            sparse_golden(golden, size)
+            made: list[Path] = []
+
+            def make() -> None:
+                work = directory / f"overlay-{name}-{len(made)}"
+                work.mkdir()
+                backend.create(golden, work)
+                backend.attach(golden, work, f"bench-{label}-{name}-{len(made)}")
+                made.append(work)
+
+            seconds = timed(make, args.repeat)
+            row[f"bootbroker_{label}"] = {"seconds": seconds, "bytes": backend.used_bytes(made[0])}
+            for i, work in enumerate(made):
+                backend.detach(work, f"bench-{label}-{name}-{i}")
+        mktgt = Mktgt(args.mktgt_root, instance=f"ov{name.lower()}")
+        (mktgt.root / f"{mktgt.instance}.cow").mkdir(parents=True, exist_ok=True)
+        sparse_golden(mktgt.root / f"{mktgt.instance}.img", size)
+        users = iter(f"user{i}" for i in range(args.repeat))
+        seconds = timed(lambda: mktgt.login(next(users)), args.repeat)
+        row["mktgt"] = {"seconds": seconds, "bytes": allocated(mktgt.root / f"{mktgt.instance}.cow" / "user0")}
+        results[name] = row
+        say(f"    overlays of a {name} golden image: " + ", ".join(
+            f"{k} {statistics.median(v['seconds']) * 1000:.0f} ms, {v['bytes']} bytes" for k, v in row.items()))
+    return results
+
+
+# I/O
+
+WORKLOADS = {  # name -> qemu-img bench options: 1 MiB in order, or 4 KiB scattered over the whole disk
+    "sequential read": ["-s", "1M"],
+    "scattered read": ["-s", "4K", "-S", str(4099 * 4096)],  # an odd stride: every 4 KiB block once
+    "sequential write": ["-w", "-s", "1M"],
+    "scattered write": ["-w", "-s", "4K", "-S", str(4099 * 4096)],
+}
+SCATTERED = 8192  # 4 KiB requests per scattered run (32 MiB)
+RUN_COMPLETED = re.compile(r"Run completed in ([\d.]+) seconds")
+
+
+class Endpoint(NamedTuple):
+    """An iSCSI LUN and the credentials to log in to it."""
+
+    target: str
+    lun: int
+    chap_user: str
+    secret: str
+    initiator: str
+
+
+def bench(portal: str, at: Endpoint, workload: str, size: int) -> float:
+    """MiB/s of one qemu-img bench run, 16 requests in flight: sequential ones cover the whole disk (`size`
+    bytes), scattered ones make SCATTERED requests. The page cache is dropped first: a clone's pages are
+    not its original's, so whichever file was read or written last would otherwise start warm."""
+    options = WORKLOADS[workload]
+    count = size // 2**20 if "1M" in options else SCATTERED
+    subprocess.run(["sync"], check=True)
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    # qemu-img bench takes no --object secret: the CHAP secret goes in the options (a throwaway VM's argv).
+    image = (f"driver=iscsi,transport=tcp,portal={portal},target={at.target},lun={at.lun},user={at.chap_user},"
+             f"password={at.secret},initiator-name={at.initiator}")
+    done = subprocess.run(
+        ["qemu-img", "bench", "--image-opts", image,
+         "-c", str(count), "-d", "16", "-t", "none", *options],
+        capture_output=True, text=True, check=False, timeout=1800,
+    )
+    found = RUN_COMPLETED.search(done.stdout)
+    if done.returncode != 0 or found is None:
+        raise RuntimeError(f"qemu-img bench {workload} on {at.target} failed: {done.stderr.strip() or done.stdout}")
+    return count * (2**20 if "1M" in options else 4096) / 2**20 / float(found[1])
+
+
+def cmd_io(args: argparse.Namespace) -> Any:
+    """Each workload on: a user's overlay target and a target on a plain copy of the golden image, for both
+    approaches. Writes go to fresh overlays (first writes: the copy-on-write case), one per sample."""
+    golden = Path(args.golden)
+    size = golden.stat().st_size
+    initiator = "iqn.2026-11.org.example.lab:bench-client"
+    results: dict[str, Any] = {}
+
+    # bootbroker: users' overlays through the helper; the golden target made the same way (broker.lio)
+    broker = Bootbroker(args.socket, args.image)
+    plain = Path(args.golden_copy_dir) / "golden-target.img"
+    shutil.copyfile(golden, plain)
+    lio = Lio([Portal.parse("0.0.0.0:3260")])
+    golden_iqn = "iqn.2026-11.org.example.lab.bench:golden"
+    lio.ensure_target(golden_iqn, "bench-golden", "fileio", plain)
+    lio.ensure_acl(golden_iqn, initiator, "golden", GOLDEN_SECRET)
+    users = iter(f"io-{i}" for i in range(1000))
+
+    def lio_overlay() -> Endpoint:
+        g = broker.login(next(users))
+        return Endpoint(g["target_iqn"], g["lun"], g["chap_user"], g["chap_secret"], g["initiator_iqn"])
+
+    results["bootbroker"] = _measure("127.0.0.1:3260", lio_overlay,
+                                     Endpoint(golden_iqn, 0, "golden", GOLDEN_SECRET, initiator), size, args.repeat)
+    lio.delete_target(golden_iqn, "bench-golden", "fileio")
+    plain.unlink()
+
+    # mktgt: users' snapshots through the script; the golden target on a plain copy, with tgtadm
+    mktgt = Mktgt(args.mktgt_root)
+    plain = mktgt.root / "golden-target.img"
+    shutil.copyfile(golden, plain)
+    tgtadm = ["tgtadm", "--lld", "iscsi", "-C", MKTGT_CONTROL_PORT]
+    tid, golden_iqn = "30000", "iqn.2026-11.org.example.lab.bench:golden-tgt"
+    for step in (["--op", "new", "--mode", "target", "--tid", tid, "--targetname", golden_iqn],
+                 ["--op", "new", "--mode", "logicalunit", "--tid", tid, "--lun", "1", "--backing-store", str(plain)],
+                 ["--op", "bind", "--mode", "target", "--tid", tid, "--initiator-address", "ALL"],
+                 ["--op", "new", "--mode", "account", "--user", "golden", "--password", GOLDEN_SECRET],
+                 ["--op", "bind", "--mode", "account", "--tid", tid, "--user", "golden"]):
+        subprocess.run(tgtadm + step, check=True, capture_output=True)
+
+    def tgt_overlay() -> Endpoint:
+        user = next(users)
+        return Endpoint(mktgt.target(user), 1, user, mktgt.login(user), initiator)
+
+    results["mktgt"] = _measure(f"127.0.0.1:{MKTGT_ISCSI_PORT}", tgt_overlay,
+                                Endpoint(golden_iqn, 1, "golden", GOLDEN_SECRET, initiator), size, args.repeat)
+    return results
+
+
+def _measure(portal: str, fresh: Callable[[], Endpoint], golden: Endpoint, size: int,
+             repeat: int) -> dict[str, dict[str, list[float]]]:
+    """{workload: {"overlay": [MiB/s...], "golden": [MiB/s...]}}; reads repeat on one user's overlay,
+    writes take a fresh overlay each."""
+    figures: dict[str, dict[str, list[float]]] = {}
+    reader = fresh()
+    for workload in WORKLOADS:
+        writes = "write" in workload
+        overlay = [bench(portal, fresh() if writes else reader, workload, size) for _ in range(repeat)]
+        plain = [bench(portal, golden, workload, size) for _ in range(repeat)]
+        figures[workload] = {"overlay": overlay, "golden": plain}
+        say(f"    {portal} {workload}: overlay {statistics.median(overlay):.1f} MiB/s, "
+            f"golden {statistics.median(plain):.1f} MiB/s")
+    return figures
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--socket", help="the bootbroker helper's socket")
+    parser.add_argument("--image", default="demo", help="the bootbroker image users log in to")
+    parser.add_argument("--mktgt-root", help="the mktgt side's directory (its image and overlays)")
+    steps = parser.add_subparsers(dest="step", required=True)
+    setup = steps.add_parser("mktgt-setup")
+    setup.add_argument("--golden", required=True)
+    setup.set_defaults(run=cmd_mktgt_setup)
+    fill = steps.add_parser("fill")
+    fill.add_argument("side", choices=["bootbroker", "mktgt"])
+    fill.add_argument("--first", type=int, default=0)
+    fill.add_argument("--to", type=int, required=True)
+    fill.set_defaults(run=cmd_fill)
+    logins = steps.add_parser("logins")
+    logins.add_argument("side", choices=["bootbroker", "mktgt"])
+    logins.add_argument("--repeat", type=int, required=True)
+    logins.add_argument("--tag", required=True, help="names this round's users")
+    logins.set_defaults(run=cmd_logins)
+    overlays = steps.add_parser("overlays")
+    overlays.add_argument("--reflink-dir", required=True, help="on btrfs or XFS")
+    overlays.add_argument("--dm-dir", required=True, help="on any filesystem (ext4)")
+    overlays.add_argument("--repeat", type=int, default=5)
+    overlays.set_defaults(run=cmd_overlays)
+    io = steps.add_parser("io")
+    io.add_argument("--golden", required=True, help="the published golden image's file")
+    io.add_argument("--golden-copy-dir", required=True, help="where the plain copy for the golden target goes")
+    io.add_argument("--repeat", type=int, default=3)
+    io.set_defaults(run=cmd_io)
+    args = parser.parse_args(argv)
+    print(json.dumps(args.run(args)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,274 @@
+"""`scripts/lab bench`: every figure of the benchmark in one run of the lab VM, side by side with the mktgt
+approach (benchmarks/mktgt/mktgt, the Fedora article's per-login script), printed as a table and as JSON.
+
+In the VM: a helper (reflink on XFS) on the kernel's LIO, the broker with real PAM (pam_unix, real
+/etc/shadow), and tgtd for mktgt on iSCSI port 3261. From this host, an HTTPS client logs users in
+through qemu's port forward, as workstations would: GET /login.ipxe with their password (PAM), then the
+menu's boot link (the helper's overlay, target and ACL; the sanboot script). benchmarks/inside.py does the
+work that belongs in the VM (filling, helper-only and mktgt timings, overlays, qemu-img bench over iSCSI).
+
+1. logins at each count of existing targets: through the broker (PAM + boot script), and the per-login
+   step alone on each side (bootbroker's ensure_session, one run of mktgt), warm and cold;
+2. boot storms: N users, none with a disk yet, log in and boot at the same moment;
+3. overlay creation for a 1 GiB and a 100 GiB sparse golden image;
+4. I/O through iSCSI on users' overlays against a target on the golden image itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import re
+import ssl
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from datetime import date
+from typing import Any
+
+import aiohttp
+
+from lab.bench_report import summary
+from lab.broker import HOST_NAME, BrokerDeployment, grant_from_script
+from lab.build import log
+from lab.deployment import Deployment, clear_lio, iscsi_tool, prepare_accounts
+from lab.vm import Lab
+
+STORE = "/srv/xfs/bench"
+MKTGT_ROOT = "/srv/xfs/mktgt"
+GOLDEN = "/srv/xfs/golden.img"
+GOLDEN_MIB = 256
+FIRST_UID = 20000
+BOOT_LINK = re.compile(r"https://\S+?(/boot/demo\.ipxe\?token=\S+)")
+STEP_TIMEOUT = 4 * 3600.0
+
+
+@dataclass(frozen=True)
+class Options:
+    counts: tuple[int, ...] = (10, 500, 5000)
+    mktgt_counts: tuple[int, ...] = (10, 500)
+    repeat: int = 20
+    storms: tuple[int, ...] = (100, 500)
+    io_repeat: int = 2
+    overlay_repeat: int = 5
+
+
+@dataclass
+class Visit:
+    """One user's login and boot as the client saw it: seconds from the login request to the whole script."""
+
+    user: str
+    status: int  # the boot script's, or the failed request's; 0 when the connection failed
+    seconds: float
+    login_seconds: float
+    script: str
+
+    @property
+    def served(self) -> bool:
+        return self.status == 200 and "sanboot iscsi:" in self.script
+
+
+class Client:
+    """HTTPS to the broker through qemu's forward, verifying the certificate the broker generated."""
+
+    def __init__(self, broker: BrokerDeployment) -> None:
+        self.base = f"https://127.0.0.1:{broker.lab.broker_port}"
+        self.ssl = ssl.create_default_context(cafile=str(broker.cafile))
+
+    async def _get(self, session: aiohttp.ClientSession, path: str, **options: Any) -> tuple[int, str]:
+        async with session.get(self.base + path, ssl=self.ssl, server_hostname=HOST_NAME, **options) as answer:
+            return answer.status, await answer.text()
+
+    async def visit(self, user: str, password: str) -> Visit:
+        """Log in and follow the menu's boot link, on one connection (a workstation's session)."""
+        started = time.perf_counter()
+        login_seconds = 0.0
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=900)) as session:
+                status, text = await self._get(session, "/login.ipxe", auth=aiohttp.BasicAuth(user, password))
+                login_seconds = time.perf_counter() - started
+                link = BOOT_LINK.search(text)
+                if status == 200 and link is not None:
+                    status, text = await self._get(session, link[1])
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            status, text = 0, f"{type(e).__name__}: {e}"
+        return Visit(user, status, time.perf_counter() - started, login_seconds, text)
+
+    async def metrics(self) -> dict[str, float]:
+        async with aiohttp.ClientSession() as session:
+            _, text = await self._get(session, "/metrics")
+        return {m[1]: float(m[2]) for m in re.finditer(r"^(\S+) (\S+)$", text, re.MULTILINE)
+                if not m[1].startswith("#")}
+
+
+class Bench:
+    def __init__(self, lab: Lab, options: Options) -> None:
+        self.lab = lab
+        self.options = options
+        self.helper = Deployment(lab, "reflink", STORE)
+        self.broker = BrokerDeployment(self.helper, connections_per_address=4 * max(options.storms, default=1))
+        self.password = ""
+        self.client: Client | None = None
+        self.filled = {"bootbroker": 0, "mktgt": 0}
+
+    def inside(self, *args: str) -> Any:
+        """One step of benchmarks/inside.py in the VM; its JSON."""
+        argv = [str(self.lab.python), "benchmarks/inside.py", "--socket", self.helper.socket,
+                "--mktgt-root", MKTGT_ROOT, *args]
+        return json.loads(self.lab.run(argv, timeout=STEP_TIMEOUT, cwd=str(self.lab.repo)).stdout)
+
+    def set_up(self, users: list[str]) -> None:
+        log(f"starting the helper, the broker and tgtd; a {GOLDEN_MIB} MiB golden image of random bytes")
+        prepare_accounts(self.lab)
+        clear_lio(self.lab)
+        self.helper.install()
+        self.helper.start()
+        self.lab.run(["dd", "if=/dev/urandom", f"of={GOLDEN}", "bs=1M", f"count={GOLDEN_MIB}", "status=none"],
+                     timeout=600)
+        self.helper.cli("images", "publish", "demo", GOLDEN)
+        self.broker.install(users=())
+        self.add_users(users)
+        self.broker.start()
+        self.client = Client(self.broker)
+        self.lab.spawn(["tgtd", "-f", "-C", "7", "--iscsi", "portal=0.0.0.0:3261"])
+        self.inside("mktgt-setup", "--golden", GOLDEN)
+
+    def add_users(self, users: list[str]) -> None:
+        """Real accounts sharing one password: one is made with chpasswd (the site's hash), the others get
+        its hash in /etc/passwd and /etc/shadow directly (hashing hundreds under TCG would take minutes)."""
+        self.password = self.broker.add_user("benchproto")
+        shadow = self.lab.run(["getent", "shadow", "benchproto"]).stdout.split(":")
+        passwd = "".join(f"{u}:x:{FIRST_UID + i}:100::/nonexistent:/usr/sbin/nologin\n" for i, u in enumerate(users))
+        entries = "".join(f"{u}:{shadow[1]}:{shadow[2]}:0:99999:7:::\n" for u in users)
+        self.lab.run(["tee", "-a", "/etc/passwd"], stdin=passwd)
+        self.lab.run(["tee", "-a", "/etc/shadow"], stdin=entries)
+        for user in users:
+            self.broker.passwords[user] = self.password
+        log(f"{len(users)} accounts with real passwords (hash {shadow[1].split('$')[1]!r}, as chpasswd makes it)")
+
+    def fill(self, count: int, mktgt: bool) -> None:
+        """Both sides at once (they share the VM's two CPUs while filling; nothing is timed then)."""
+        started = time.monotonic()
+        spawned = None
+        if mktgt and self.filled["mktgt"] < count:
+            spawned = self.lab.spawn([str(self.lab.python), "benchmarks/inside.py", "--mktgt-root", MKTGT_ROOT,
+                                      "fill", "mktgt", "--first", str(self.filled["mktgt"]), "--to", str(count)],
+                                     cwd=str(self.lab.repo))
+        if self.filled["bootbroker"] < count:
+            self.inside("fill", "bootbroker", "--first", str(self.filled["bootbroker"]), "--to", str(count))
+            self.filled["bootbroker"] = count
+        if spawned is not None:
+            status = self.lab.wait(spawned, timeout=STEP_TIMEOUT)
+            if status.rc != 0:
+                raise RuntimeError(f"filling mktgt failed:\n{status.output}")
+            self.filled["mktgt"] = count
+        log(f"  {count} targets on bootbroker" + (" and on mktgt" if mktgt else "") +
+            f" (filled in {time.monotonic() - started:.0f} s)")
+
+    def visits(self, users: list[str]) -> list[Visit]:
+        assert self.client is not None
+        client = self.client
+        return asyncio.run(_one_by_one(client, users, self.password))
+
+    def logins(self, count: int) -> dict[str, Any]:
+        """At `count` targets: login -> boot script through the broker, and each side's per-login step."""
+        repeat = self.options.repeat
+        warm_user = f"bw{count}"
+        row: dict[str, Any] = {"targets": count}
+        self.visits([warm_user])
+        for kind, users in (("warm", [warm_user] * repeat), ("cold", [f"bc{count}-{i}" for i in range(repeat)])):
+            visits = self.visits(users)
+            failed = [v for v in visits if not v.served]
+            if failed:
+                raise RuntimeError(f"{len(failed)} login(s) not served: {failed[0]}")
+            row[f"broker_{kind}"] = [v.seconds for v in visits]
+            row[f"broker_{kind}_login"] = [v.login_seconds for v in visits]
+        mktgt = count in self.options.mktgt_counts
+        for side in ("bootbroker", "mktgt") if mktgt else ("bootbroker",):
+            timings = self.inside("logins", side, "--repeat", str(repeat), "--tag", str(count))
+            row[f"{side}_warm"], row[f"{side}_cold"] = timings["warm"], timings["cold"]
+        log(f"  at {count} targets: " + ", ".join(
+            f"{k} {statistics.median(v) * 1000:.0f} ms" for k, v in row.items() if isinstance(v, list)))
+        return row
+
+    def storm(self, size: int) -> dict[str, Any]:
+        assert self.client is not None
+        users = [f"s{size}-{i}" for i in range(size)]
+        before = asyncio.run(self.client.metrics())
+        started = time.perf_counter()
+        visits = asyncio.run(_all_at_once(self.client, users, self.password))
+        seconds = time.perf_counter() - started
+        after = asyncio.run(self.client.metrics())
+        served = [v for v in visits if v.served]
+
+        def delta(name: str) -> float:
+            return after[name] - before[name]
+
+        cpu, pam_cpu = delta("process_cpu_seconds_total"), delta("bootbroker_pam_cpu_seconds_total")
+        result = {
+            "users": size, "served": len(served), "seconds_to_last": seconds,
+            "per_user": summary([v.seconds for v in served]) if served else None,
+            "broker_cpu_seconds": cpu, "pam_cpu_seconds": pam_cpu,
+            "pam_seconds": delta("bootbroker_pam_seconds_total"),
+            "pam_conversations": delta("bootbroker_pam_conversations_total"),
+            "broker_overhead": (cpu - pam_cpu) / pam_cpu if pam_cpu > 0 else None,
+            "failures": sorted({f"{v.status} {v.script[:120]}" for v in visits if not v.served}),
+        }
+        if served:  # a real initiator logs in with the last one's credentials
+            grant = grant_from_script(max(served, key=lambda v: v.seconds).script)
+            result["last_grant_logs_in"] = iscsi_tool(self.lab, "iscsi-inq", grant).returncode == 0
+        log(f"  storm of {size}: {len(served)} served, the last after {seconds:.1f} s; broker CPU {cpu:.1f} s, "
+            f"of which PAM {pam_cpu:.1f} s")
+        return result
+
+
+async def _one_by_one(client: Client, users: list[str], password: str) -> list[Visit]:
+    return [await client.visit(user, password) for user in users]
+
+
+async def _all_at_once(client: Client, users: list[str], password: str) -> list[Visit]:
+    return list(await asyncio.gather(*(client.visit(user, password) for user in users)))
+
+
+def run_bench(lab: Lab, options: Options) -> dict[str, Any]:
+    """Every step in order; the figures as one JSON-ready dict."""
+    bench = Bench(lab, options)
+    repeat = options.repeat
+    users = [f"bw{c}" for c in options.counts] + [f"bc{c}-{i}" for c in options.counts for i in range(repeat)]
+    users += [f"s{n}-{i}" for n in options.storms for i in range(n)]
+    started = time.monotonic()
+    bench.set_up(users)
+    results: dict[str, Any] = {
+        "date": date.today().isoformat(),
+        "machine": {"host_cpu": _cpu_model(), "host_cpus": os.cpu_count(), "vm_cpus": lab.cpus,
+                    "vm_memory_mb": lab.memory_mb, "emulation": "TCG", "python": platform.python_version()},
+        "options": asdict(options),
+        "logins": [],
+    }
+    log("1/4 logins at each count of existing targets")
+    for count in options.counts:
+        bench.fill(count, count in options.mktgt_counts)
+        results["logins"].append(bench.logins(count))
+    log("2/4 boot storms")
+    results["storms"] = [bench.storm(size) for size in options.storms]
+    log("3/4 overlay creation, 1 GiB and 100 GiB sparse golden images")
+    results["overlays"] = bench.inside("overlays", "--reflink-dir", "/srv/xfs/overlays",
+                                       "--dm-dir", "/srv/ext4/overlays", "--repeat", str(options.overlay_repeat))
+    log("4/4 I/O through iSCSI")
+    results["io"] = bench.inside("io", "--golden", GOLDEN, "--golden-copy-dir", "/srv/xfs",
+                                 "--repeat", str(options.io_repeat))
+    problems = bench.helper.problems()
+    results["consistent"] = problems == []
+    if problems:
+        log("the store and LIO disagree after the run:\n  " + "\n  ".join(problems))
+    results["minutes"] = (time.monotonic() - started) / 60
+    return results
+
+
+def _cpu_model() -> str:
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.machine()

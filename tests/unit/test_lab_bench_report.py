@@ -1,0 +1,72 @@
+"""The benchmark's report: percentiles, tables and the issue's targets judged from the figures."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from lab.bench_report import percentile, report, targets
+
+
+def test_percentiles_interpolate_between_ranks() -> None:
+    samples = [float(i) for i in range(1, 21)]  # 1..20
+    assert percentile(samples, 50) == 10.5
+    assert percentile(samples, 99) == pytest.approx(19.81)
+    assert percentile([3.0], 99) == 3.0
+    assert percentile([5.0, 1.0], 0) == 1.0
+
+
+def results(*, slow_at_top: float = 1.0, storm_served: int = 500, overhead: float = 0.05) -> dict[str, Any]:
+    def row(targets: int, scale: float, mktgt: bool) -> dict[str, Any]:
+        r: dict[str, Any] = {"targets": targets}
+        for kind, base in (("warm", 0.06), ("cold", 0.15)):
+            r[f"broker_{kind}"] = [0.6 * scale, 0.7 * scale]
+            r[f"bootbroker_{kind}"] = [base * scale] * 3
+            if mktgt:
+                r[f"mktgt_{kind}"] = [base * 20, base * 22, base * 21]
+        return r
+
+    return {
+        "date": "2026-11-23", "minutes": 50.0,
+        "machine": {"host_cpu": "Some CPU", "host_cpus": 2, "vm_cpus": 2, "vm_memory_mb": 4096, "emulation": "TCG"},
+        "options": {"repeat": 3},
+        "logins": [row(10, 1.0, True), row(500, 1.0, True), row(5000, slow_at_top, False)],
+        "storms": [{"users": 500, "served": storm_served, "seconds_to_last": 100.0,
+                    "per_user": {"p50": 50.0, "p99": 99.0, "n": storm_served}, "broker_cpu_seconds": 105.0,
+                    "pam_cpu_seconds": 100.0, "broker_overhead": overhead}],
+        "overlays": {size: {"bootbroker_reflink": {"seconds": [0.01 * k], "bytes": 0},
+                            "mktgt": {"seconds": [1.0 * k], "bytes": 4096}}
+                     for size, k in (("1GiB", 1.0), ("100GiB", 1.1))},
+        "io": {side: {w: {"overlay": [90.0], "golden": [100.0]} for w in ("sequential read", "scattered write")}
+               for side in ("bootbroker", "mktgt")},
+        "consistent": True,
+    }
+
+
+def test_every_target_met_on_good_figures() -> None:
+    found = targets(results())
+    assert found and all(met for _, met in found), found
+    assert "warm login at 10 targets: mktgt / bootbroker = 21.0x (target >= 10x)" in [w for w, _ in found]
+
+
+@pytest.mark.parametrize("bad, missed", [
+    ({"slow_at_top": 1.3}, "at 5000 targets = 1.30x at 10 (target <= 1.2x)"),
+    ({"storm_served": 499}, "storm of 500: 499 served (target: all)"),
+    ({"overhead": 0.12}, "broker's own CPU = 12.0% of PAM's (target < 10%)"),
+])
+def test_a_missed_target_is_reported_as_not_met(bad: dict[str, Any], missed: str) -> None:
+    found = targets(results(**bad))
+    assert [what for what, met in found if met is False and missed in what], found
+
+
+def test_the_report_has_every_table_and_says_what_was_not_measured() -> None:
+    text = report(results(slow_at_top=1.3))
+    assert "2 vCPUs, 4096 MiB, TCG emulation" in text and "compare the ratios" in text
+    assert "| 5000 | warm | 845 / 909 ms | 1.30x | 78 / 78 ms | 1.30x | not measured |  |  |" in text
+    assert "| 10 | cold | 650 / 699 ms | 1.00x | 150 / 150 ms | 1.00x | 3150 / 3297 ms | 1.00x | 21.00x |" in text
+    assert "| 500 | 500 | 100.0 s | 50.0 / 99.0 s | 105.0 s | 100.0 s | 5.0% |" in text
+    assert "| 100 GiB / 1 GiB | 1.10x |  | 1.10x |  |" in text
+    assert "| scattered write | 90.0 MiB/s | 100.0 MiB/s | 90% |" in text
+    assert "- NOT MET: warm login through the broker" in text
+    assert "- the store and LIO agree after the run: yes" in text
