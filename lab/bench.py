@@ -24,6 +24,7 @@ import re
 import ssl
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import date
 from typing import Any
@@ -202,26 +203,35 @@ class Bench:
         seconds = time.perf_counter() - started
         after = asyncio.run(self.client.metrics())
         served = [v for v in visits if v.served]
+        failures = _failures([v for v in visits if not v.served])
 
         def delta(name: str) -> float:
             return after[name] - before[name]
 
         cpu, pam_cpu = delta("process_cpu_seconds_total"), delta("bootbroker_pam_cpu_seconds_total")
-        result = {
+        result: dict[str, Any] = {
             "users": size, "served": len(served), "seconds_to_last": seconds,
             "per_user": summary([v.seconds for v in served]) if served else None,
             "broker_cpu_seconds": cpu, "pam_cpu_seconds": pam_cpu,
             "pam_seconds": delta("bootbroker_pam_seconds_total"),
             "pam_conversations": delta("bootbroker_pam_conversations_total"),
             "broker_overhead": (cpu - pam_cpu) / pam_cpu if pam_cpu > 0 else None,
-            "failures": sorted({f"{v.status} {v.script[:120]}" for v in visits if not v.served}),
+            "failures": failures,
         }
         if served:  # a real initiator logs in with the last one's credentials
             grant = grant_from_script(max(served, key=lambda v: v.seconds).script)
             result["last_grant_logs_in"] = iscsi_tool(self.lab, "iscsi-inq", grant).returncode == 0
         log(f"  storm of {size}: {len(served)} served, the last after {seconds:.1f} s; broker CPU {cpu:.1f} s, "
-            f"of which PAM {pam_cpu:.1f} s")
+            f"of which PAM {pam_cpu:.1f} s" + "".join(f"\n    not served: {f}" for f in failures[:5]))
         return result
+
+
+def _failures(visits: list[Visit]) -> list[str]:
+    """The distinct ways visits failed, each with how many and when (seconds after the start)."""
+    by_kind: dict[str, list[float]] = {}
+    for v in visits:
+        by_kind.setdefault(f"{v.status} {v.script[:160]}", []).append(v.seconds)
+    return [f"{len(t)}x after {min(t):.1f}-{max(t):.1f} s: {kind}" for kind, t in sorted(by_kind.items())]
 
 
 async def _one_by_one(client: Client, users: list[str], password: str) -> list[Visit]:
@@ -232,8 +242,8 @@ async def _all_at_once(client: Client, users: list[str], password: str) -> list[
     return list(await asyncio.gather(*(client.visit(user, password) for user in users)))
 
 
-def run_bench(lab: Lab, options: Options) -> dict[str, Any]:
-    """Every step in order; the figures as one JSON-ready dict."""
+def run_bench(lab: Lab, options: Options, save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Every step in order; the figures as one JSON-ready dict, passed to `save` after each step too."""
     bench = Bench(lab, options)
     repeat = options.repeat
     users = [f"bw{c}" for c in options.counts] + [f"bc{c}-{i}" for c in options.counts for i in range(repeat)]
@@ -251,11 +261,16 @@ def run_bench(lab: Lab, options: Options) -> dict[str, Any]:
     for count in options.counts:
         bench.fill(count, count in options.mktgt_counts)
         results["logins"].append(bench.logins(count))
+        save(results)
     log("2/4 boot storms")
-    results["storms"] = [bench.storm(size) for size in options.storms]
+    results["storms"] = []
+    for size in options.storms:
+        results["storms"].append(bench.storm(size))
+        save(results)
     log("3/4 overlay creation, 1 GiB and 100 GiB sparse golden images")
     results["overlays"] = bench.inside("overlays", "--reflink-dir", "/srv/xfs/overlays",
                                        "--dm-dir", "/srv/ext4/overlays", "--repeat", str(options.overlay_repeat))
+    save(results)
     log("4/4 I/O through iSCSI")
     results["io"] = bench.inside("io", "--golden", GOLDEN, "--golden-copy-dir", "/srv/xfs",
                                  "--repeat", str(options.io_repeat))
@@ -264,6 +279,7 @@ def run_bench(lab: Lab, options: Options) -> dict[str, Any]:
     if problems:
         log("the store and LIO disagree after the run:\n  " + "\n  ".join(problems))
     results["minutes"] = (time.monotonic() - started) / 60
+    save(results)
     return results
 
 

@@ -81,6 +81,7 @@ class Lab:
         memory_mb: int = 2048,
         cpus: int = 2,
         boot_timeout: float = 300.0,
+        disk_size: int = DISK_SIZE,
     ) -> None:
         self.cache_dir = cache_dir or default_cache_dir()
         self._work_dir = work_dir
@@ -88,6 +89,7 @@ class Lab:
         self.memory_mb = memory_mb
         self.cpus = cpus
         self.boot_timeout = boot_timeout
+        self.disk_size = disk_size  # each of the btrfs, xfs and ext4 disks (sparse files on this host)
         self.boot_seconds: float | None = None
         self._qemu: subprocess.Popen[bytes] | None = None
         self._ports: dict[str, int] = {}
@@ -203,7 +205,7 @@ class Lab:
             image = self._disk(fs)
             image.unlink(missing_ok=True)
             with image.open("wb") as disk:
-                disk.truncate(DISK_SIZE)
+                disk.truncate(self.disk_size)
             subprocess.run([*mkfs, str(image)], check=True, capture_output=True)
 
     def _disk(self, fs: str) -> Path:
