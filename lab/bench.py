@@ -46,8 +46,12 @@ BOOT_LINK = re.compile(r"https://\S+?(/boot/demo\.ipxe\?token=\S+)")
 STEP_TIMEOUT = 4 * 3600.0
 
 
+STEPS = ("logins", "storms", "overlays", "io")
+
+
 @dataclass(frozen=True)
 class Options:
+    steps: tuple[str, ...] = STEPS
     counts: tuple[int, ...] = (10, 500, 5000)
     mktgt_counts: tuple[int, ...] = (10, 500)
     repeat: int = 20
@@ -246,8 +250,11 @@ def run_bench(lab: Lab, options: Options, save: Callable[[dict[str, Any]], None]
     """Every step in order; the figures as one JSON-ready dict, passed to `save` after each step too."""
     bench = Bench(lab, options)
     repeat = options.repeat
-    users = [f"bw{c}" for c in options.counts] + [f"bc{c}-{i}" for c in options.counts for i in range(repeat)]
-    users += [f"s{n}-{i}" for n in options.storms for i in range(n)]
+    users = []
+    if "logins" in options.steps:
+        users += [f"bw{c}" for c in options.counts] + [f"bc{c}-{i}" for c in options.counts for i in range(repeat)]
+    if "storms" in options.steps:
+        users += [f"s{n}-{i}" for n in options.storms for i in range(n)]
     started = time.monotonic()
     bench.set_up(users)
     results: dict[str, Any] = {
@@ -255,25 +262,29 @@ def run_bench(lab: Lab, options: Options, save: Callable[[dict[str, Any]], None]
         "machine": {"host_cpu": _cpu_model(), "host_cpus": os.cpu_count(), "vm_cpus": lab.cpus,
                     "vm_memory_mb": lab.memory_mb, "emulation": "TCG", "python": platform.python_version()},
         "options": asdict(options),
-        "logins": [],
     }
-    log("1/4 logins at each count of existing targets")
-    for count in options.counts:
-        bench.fill(count, count in options.mktgt_counts)
-        results["logins"].append(bench.logins(count))
+    if "logins" in options.steps:
+        log("logins at each count of existing targets")
+        results["logins"] = []
+        for count in options.counts:
+            bench.fill(count, count in options.mktgt_counts)
+            results["logins"].append(bench.logins(count))
+            save(results)
+    if "storms" in options.steps:
+        log("boot storms")
+        results["storms"] = []
+        for size in options.storms:
+            results["storms"].append(bench.storm(size))
+            save(results)
+    if "overlays" in options.steps:
+        log("overlay creation, 1 GiB and 100 GiB sparse golden images")
+        results["overlays"] = bench.inside("overlays", "--reflink-dir", "/srv/xfs/overlays", "--dm-dir",
+                                           "/srv/ext4/overlays", "--repeat", str(options.overlay_repeat))
         save(results)
-    log("2/4 boot storms")
-    results["storms"] = []
-    for size in options.storms:
-        results["storms"].append(bench.storm(size))
-        save(results)
-    log("3/4 overlay creation, 1 GiB and 100 GiB sparse golden images")
-    results["overlays"] = bench.inside("overlays", "--reflink-dir", "/srv/xfs/overlays",
-                                       "--dm-dir", "/srv/ext4/overlays", "--repeat", str(options.overlay_repeat))
-    save(results)
-    log("4/4 I/O through iSCSI")
-    results["io"] = bench.inside("io", "--golden", GOLDEN, "--golden-copy-dir", "/srv/xfs",
-                                 "--repeat", str(options.io_repeat))
+    if "io" in options.steps:
+        log("I/O through iSCSI")
+        results["io"] = bench.inside("io", "--golden", GOLDEN, "--golden-copy-dir", "/srv/xfs",
+                                     "--repeat", str(options.io_repeat))
     problems = bench.helper.problems()
     results["consistent"] = problems == []
     if problems:

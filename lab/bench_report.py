@@ -106,9 +106,9 @@ def io_table(io: dict[str, dict[str, Any]]) -> list[str]:
 def targets(results: dict[str, Any]) -> list[tuple[str, bool | None]]:
     """(what, met?) for each target of the issue the results can speak to; None: not measured."""
     found: list[tuple[str, bool | None]] = []
-    rows = results["logins"]
-    base, top = rows[0], rows[-1]
-    for kind in ("warm", "cold"):
+    rows = results.get("logins", [])
+    base, top = (rows[0], rows[-1]) if rows else ({}, {})
+    for kind in ("warm", "cold") if len(rows) > 1 else ():
         for key, what in (("broker", "through the broker"), ("bootbroker", "bootbroker's step")):
             r = statistics.median(top[f"{key}_{kind}"]) / statistics.median(base[f"{key}_{kind}"])
             found.append((f"{kind} login {what} at {top['targets']} targets = {r:.2f}x at {base['targets']} "
@@ -149,24 +149,26 @@ def report(results: dict[str, Any]) -> str:
     machine = results["machine"]
     lines = [
         f"Measured {results['date']} in the lab VM ({machine['vm_cpus']} vCPUs, {machine['vm_memory_mb']} MiB, "
-        f"{machine['emulation']} emulation) on a {machine['host_cpus']}-core {machine['host_cpu']}; "
-        f"{results['minutes']:.0f} minutes. Absolute times are emulated: compare the ratios.",
-        "",
-        f"Logins ({results['options']['repeat']} samples each):",
-        "", *logins_table(results["logins"]), "",
-        "Boot storms (every user new: overlay, target and ACL each):",
-        "", *storms_table(results["storms"]), "",
-        "Overlay creation (bootbroker: the backend making and attaching one user's overlay; mktgt: its whole "
-        "first login, overlay and target):",
-        "", *overlays_table(results["overlays"]), "",
-        "I/O through iSCSI (qemu-img bench in the VM, 16 requests in flight, page cache dropped before each run; "
-        "sequential: the whole disk in 1 MiB requests; scattered: 8,192 requests of 4 KiB spread over it; "
-        "writes on a fresh overlay each run):",
-        "", *io_table(results["io"]), "",
-        "Targets:",
+        f"{machine['emulation']} emulation) on a {machine['host_cpus']}-core {machine['host_cpu']}"
+        + (f"; {results['minutes']:.0f} minutes" if "minutes" in results else "")
+        + ". Absolute times are emulated: compare the ratios.",
         "",
     ]
+    sections = (
+        ("logins", f"Logins ({results['options']['repeat']} samples each):", logins_table),
+        ("storms", "Boot storms (every user new: overlay, target and ACL each):", storms_table),
+        ("overlays", "Overlay creation (bootbroker: the backend making and attaching one user's overlay; mktgt: "
+                     "its whole first login, overlay and target):", overlays_table),
+        ("io", "I/O through iSCSI (qemu-img bench in the VM, 16 requests in flight, page cache dropped before "
+               "each run; sequential: the whole disk in 1 MiB requests; scattered: 8,192 requests of 4 KiB "
+               "spread over it; writes on a fresh overlay each run):", io_table),
+    )
+    for key, title, table in sections:
+        if results.get(key):
+            lines += [title, "", *table(results[key]), ""]
+    lines += ["Targets:", ""]
     for what, met in targets(results):
         lines.append(f"- {'met' if met else 'not measured' if met is None else 'NOT MET'}: {what}")
-    lines.append(f"- the store and LIO agree after the run: {'yes' if results.get('consistent') else 'NO'}")
+    if "consistent" in results:
+        lines.append(f"- the store and LIO agree after the run: {'yes' if results['consistent'] else 'NO'}")
     return "\n".join(lines) + "\n"

@@ -70,3 +70,12 @@ def test_the_report_has_every_table_and_says_what_was_not_measured() -> None:
     assert "| scattered write | 90.0 MiB/s | 100.0 MiB/s | 90% |" in text
     assert "- NOT MET: warm login through the broker" in text
     assert "- the store and LIO agree after the run: yes" in text
+
+
+def test_a_run_of_some_steps_reports_only_those() -> None:
+    partial = {k: v for k, v in results().items() if k not in ("logins", "overlays", "io", "consistent", "minutes")}
+    text = report(partial)
+    assert "Boot storms" in text and "| 500 | 500 |" in text
+    assert "Logins" not in text and "Overlay creation" not in text and "I/O" not in text
+    assert [what for what, _ in targets(partial)] == [
+        "storm of 500: 500 served (target: all)", "storm of 500: broker's own CPU = 5.0% of PAM's (target < 10%)"]
