@@ -13,11 +13,13 @@ image from the same kind of filesystem, on the VM's kernel:
   logins        warm logins (a user with a target: new credentials) and cold ones (new users), timed
   overlays      overlay creation for a 1 GiB and a 100 GiB sparse golden image, each approach
   io            qemu-img bench through iSCSI on users' overlays and on a target of the golden image itself
+  storm         users <PREFIX>0..<N-1> log in through the broker and boot, all at once (password on stdin)
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import re
@@ -37,6 +39,7 @@ from broker.config import Portal
 from broker.helper_client import HelperClient
 from broker.lio import Lio
 from timing import timed  # benchmarks/timing.py: run as python benchmarks/NAME.py
+from visits import Client, all_at_once, failures
 
 MKTGT = Path(__file__).resolve().parent / "mktgt" / "mktgt"
 MKTGT_CONTROL_PORT = "7"  # tgtd's control port (the caller starts tgtd with -C 7)
@@ -274,6 +277,25 @@ def _measure(portal: str, fresh: Callable[[], Endpoint], golden: Endpoint, size:
     return figures
 
 
+def cmd_storm(args: argparse.Namespace) -> Any:
+    """Every user's login and boot at the same moment, from inside the VM: seconds to the last answer, each
+    visit's status and time, the distinct failures, and the slowest served user's boot script."""
+    client = Client(args.url, args.cafile, args.server_hostname)
+    password = sys.stdin.readline().rstrip("\n")
+    users = [f"{args.prefix}{i}" for i in range(args.count)]
+    started = time.perf_counter()
+    visits = asyncio.run(all_at_once(client, users, password))
+    seconds = time.perf_counter() - started
+    served = [v for v in visits if v.served]
+    return {
+        "seconds_to_last": seconds,
+        "seconds": [v.seconds for v in served],
+        "served": len(served),
+        "failures": failures([v for v in visits if not v.served]),
+        "slowest_script": max(served, key=lambda v: v.seconds).script if served else None,
+    }
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--socket", help="the bootbroker helper's socket")
@@ -303,6 +325,13 @@ def main(argv: list[str]) -> int:
     io.add_argument("--golden-copy-dir", required=True, help="where the plain copy for the golden target goes")
     io.add_argument("--repeat", type=int, default=3)
     io.set_defaults(run=cmd_io)
+    storm = steps.add_parser("storm")
+    storm.add_argument("--url", required=True, help="the broker, as https://ADDRESS:PORT")
+    storm.add_argument("--cafile", required=True, help="the broker's certificate")
+    storm.add_argument("--server-hostname", required=True, help="the name in the certificate")
+    storm.add_argument("--prefix", required=True, help="user names: PREFIX0, PREFIX1, ...")
+    storm.add_argument("--count", type=int, required=True)
+    storm.set_defaults(run=cmd_storm)
     args = parser.parse_args(argv)
     print(json.dumps(args.run(args)))
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+from collections.abc import Iterable
 
 from .config import EVERYONE, ImageConfig
 
@@ -26,8 +27,18 @@ class NssDirectory:
         return frozenset(names)
 
 
+def _named(image: ImageConfig, user: str) -> bool:
+    return EVERYONE in image.users or user in image.users
+
+
+def needs_groups(images: Iterable[ImageConfig], user: str) -> bool:
+    """Whether the user's groups can change what these images allow: only then is NSS asked (it may be a
+    round trip to a directory server, on every login and boot of a storm)."""
+    return any(image.groups and not _named(image, user) for image in images)
+
+
 def may_boot(image: ImageConfig, user: str, groups: frozenset[str]) -> bool:
-    return EVERYONE in image.users or user in image.users or not image.groups.isdisjoint(groups)
+    return _named(image, user) or not image.groups.isdisjoint(groups)
 
 
 def permitted_images(images: dict[str, ImageConfig], user: str, groups: frozenset[str]) -> list[ImageConfig]:

@@ -12,11 +12,11 @@ import logging
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .access import permitted_images
+from .access import needs_groups, permitted_images
 from .config import BootMethod, BrokerConfig, Config, ImageConfig, Portal
 from .errors import (
     BrokerError, ErrorCode, InternalError, LoginFailed, NotPermitted, TooManyAttempts, UnknownImage,
@@ -218,7 +218,7 @@ class BootFlow:
             raise
         self.limiter.succeeded(user)
         self.metrics.login("ok")
-        groups = await asyncio.to_thread(self.directory.groups_of, user)
+        groups = await self._groups_of(user, self.config.images.values())
         published = await self._published_images()
         images = [image for image in permitted_images(self.config.images, user, groups) if image.name in published]
         if not images:
@@ -240,6 +240,12 @@ class BootFlow:
             "entry_url": self.url("/boot.ipxe"),
         })
 
+    async def _groups_of(self, user: str, images: Iterable[ImageConfig]) -> frozenset[str]:
+        """The user's groups, looked up (in a thread: NSS blocks) only when these images' decision needs them."""
+        if not needs_groups(images, user):
+            return frozenset()
+        return await asyncio.to_thread(self.directory.groups_of, user)
+
     async def _published_images(self) -> frozenset[str]:
         """The images with a published version, from the helper, cached for PUBLISHED_TTL seconds."""
         expiry, names = self._published
@@ -254,7 +260,7 @@ class BootFlow:
             raise UnknownImage(f"no image {image_name[:64]!r}")
         image = self.config.images[image_name]
         grant = self.signer.verify(token, image_name, address)
-        groups = await asyncio.to_thread(self.directory.groups_of, grant.user)
+        groups = await self._groups_of(grant.user, [image])
         if not permitted_images({image.name: image}, grant.user, groups):
             raise NotPermitted(f"{grant.user} may not boot {image.name}")
         started = self._clock()

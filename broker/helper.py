@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from .access import may_boot
+from .access import may_boot, needs_groups
 from .backends import Backend
 from .config import Config
 from .errors import (
@@ -184,7 +184,9 @@ class Helper:
         session record. Idempotent in effect; each call rotates the credentials. Raises NotPermitted for a
         user the image's `users`/`groups` do not name (the broker checks too; this is the last word)."""
         names = self._names(image, user)
-        if not may_boot(self.config.images[names.image], names.user, self.directory.groups_of(names.user)):
+        config = self.config.images[names.image]
+        groups = self.directory.groups_of(names.user) if needs_groups([config], names.user) else frozenset()
+        if not may_boot(config, names.user, groups):
             raise NotPermitted(f"{names.user} may not boot {names.image} (see its users and groups)")
         with self._lock:
             meta = self._ensure_overlay(names)

@@ -20,8 +20,6 @@ import asyncio
 import json
 import os
 import platform
-import re
-import ssl
 import statistics
 import time
 from collections.abc import Callable
@@ -29,20 +27,18 @@ from dataclasses import asdict, dataclass
 from datetime import date
 from typing import Any
 
-import aiohttp
-
+from benchmarks.visits import Client, Visit, one_by_one
 from lab.bench_report import summary
 from lab.broker import HOST_NAME, BrokerDeployment, grant_from_script
 from lab.build import log
 from lab.deployment import Deployment, clear_lio, iscsi_tool, prepare_accounts
-from lab.vm import Lab
+from lab.vm import GUEST_PORTS, Lab
 
 STORE = "/srv/xfs/bench"
 MKTGT_ROOT = "/srv/xfs/mktgt"
 GOLDEN = "/srv/xfs/golden.img"
 GOLDEN_MIB = 256
 FIRST_UID = 20000
-BOOT_LINK = re.compile(r"https://\S+?(/boot/demo\.ipxe\?token=\S+)")
 STEP_TIMEOUT = 4 * 3600.0
 
 
@@ -60,54 +56,6 @@ class Options:
     overlay_repeat: int = 5
 
 
-@dataclass
-class Visit:
-    """One user's login and boot as the client saw it: seconds from the login request to the whole script."""
-
-    user: str
-    status: int  # the boot script's, or the failed request's; 0 when the connection failed
-    seconds: float
-    login_seconds: float
-    script: str
-
-    @property
-    def served(self) -> bool:
-        return self.status == 200 and "sanboot iscsi:" in self.script
-
-
-class Client:
-    """HTTPS to the broker through qemu's forward, verifying the certificate the broker generated."""
-
-    def __init__(self, broker: BrokerDeployment) -> None:
-        self.base = f"https://127.0.0.1:{broker.lab.broker_port}"
-        self.ssl = ssl.create_default_context(cafile=str(broker.cafile))
-
-    async def _get(self, session: aiohttp.ClientSession, path: str, **options: Any) -> tuple[int, str]:
-        async with session.get(self.base + path, ssl=self.ssl, server_hostname=HOST_NAME, **options) as answer:
-            return answer.status, await answer.text()
-
-    async def visit(self, user: str, password: str) -> Visit:
-        """Log in and follow the menu's boot link, on one connection (a workstation's session)."""
-        started = time.perf_counter()
-        login_seconds = 0.0
-        try:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=900)) as session:
-                status, text = await self._get(session, "/login.ipxe", auth=aiohttp.BasicAuth(user, password))
-                login_seconds = time.perf_counter() - started
-                link = BOOT_LINK.search(text)
-                if status == 200 and link is not None:
-                    status, text = await self._get(session, link[1])
-        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-            status, text = 0, f"{type(e).__name__}: {e}"
-        return Visit(user, status, time.perf_counter() - started, login_seconds, text)
-
-    async def metrics(self) -> dict[str, float]:
-        async with aiohttp.ClientSession() as session:
-            _, text = await self._get(session, "/metrics")
-        return {m[1]: float(m[2]) for m in re.finditer(r"^(\S+) (\S+)$", text, re.MULTILINE)
-                if not m[1].startswith("#")}
-
-
 class Bench:
     def __init__(self, lab: Lab, options: Options) -> None:
         self.lab = lab
@@ -115,14 +63,14 @@ class Bench:
         self.helper = Deployment(lab, "reflink", STORE)
         self.broker = BrokerDeployment(self.helper, connections_per_address=4 * max(options.storms, default=1))
         self.password = ""
-        self.client: Client | None = None
+        self.client: Client | None = None  # from this host, through qemu's forward: one login at a time
         self.filled = {"bootbroker": 0, "mktgt": 0}
 
-    def inside(self, *args: str) -> Any:
+    def inside(self, *args: str, stdin: str | None = None) -> Any:
         """One step of benchmarks/inside.py in the VM; its JSON."""
         argv = [str(self.lab.python), "benchmarks/inside.py", "--socket", self.helper.socket,
                 "--mktgt-root", MKTGT_ROOT, *args]
-        return json.loads(self.lab.run(argv, timeout=STEP_TIMEOUT, cwd=str(self.lab.repo)).stdout)
+        return json.loads(self.lab.run(argv, stdin=stdin, timeout=STEP_TIMEOUT, cwd=str(self.lab.repo)).stdout)
 
     def set_up(self, users: list[str]) -> None:
         log(f"starting the helper, the broker and tgtd; a {GOLDEN_MIB} MiB golden image of random bytes")
@@ -136,7 +84,7 @@ class Bench:
         self.broker.install(users=())
         self.add_users(users)
         self.broker.start()
-        self.client = Client(self.broker)
+        self.client = Client(f"https://127.0.0.1:{self.lab.broker_port}", str(self.broker.cafile), HOST_NAME)
         self.lab.spawn(["tgtd", "-f", "-C", "7", "--iscsi", "portal=0.0.0.0:3261"])
         self.inside("mktgt-setup", "--golden", GOLDEN)
 
@@ -175,7 +123,7 @@ class Bench:
     def visits(self, users: list[str]) -> list[Visit]:
         assert self.client is not None
         client = self.client
-        return asyncio.run(_one_by_one(client, users, self.password))
+        return asyncio.run(one_by_one(client, users, self.password))
 
     def logins(self, count: int) -> dict[str, Any]:
         """At `count` targets: login -> boot script through the broker, and each side's per-login step."""
@@ -199,51 +147,34 @@ class Bench:
         return row
 
     def storm(self, size: int) -> dict[str, Any]:
+        """`size` users log in and boot at once, from a client in the VM (qemu's forward would be the
+        bottleneck); the broker's and PAM's CPU from /metrics before and after."""
         assert self.client is not None
-        users = [f"s{size}-{i}" for i in range(size)]
         before = asyncio.run(self.client.metrics())
-        started = time.perf_counter()
-        visits = asyncio.run(_all_at_once(self.client, users, self.password))
-        seconds = time.perf_counter() - started
+        storm = self.inside("storm", "--url", f"https://127.0.0.1:{GUEST_PORTS['broker']}", "--cafile",
+                            self.broker.certificate, "--server-hostname", HOST_NAME, "--prefix", f"s{size}-",
+                            "--count", str(size), stdin=self.password + "\n")
         after = asyncio.run(self.client.metrics())
-        served = [v for v in visits if v.served]
-        failures = _failures([v for v in visits if not v.served])
 
         def delta(name: str) -> float:
             return after[name] - before[name]
 
         cpu, pam_cpu = delta("process_cpu_seconds_total"), delta("bootbroker_pam_cpu_seconds_total")
         result: dict[str, Any] = {
-            "users": size, "served": len(served), "seconds_to_last": seconds,
-            "per_user": summary([v.seconds for v in served]) if served else None,
+            "users": size, "served": storm["served"], "seconds_to_last": storm["seconds_to_last"],
+            "per_user": summary(storm["seconds"]) if storm["seconds"] else None,
             "broker_cpu_seconds": cpu, "pam_cpu_seconds": pam_cpu,
             "pam_seconds": delta("bootbroker_pam_seconds_total"),
             "pam_conversations": delta("bootbroker_pam_conversations_total"),
             "broker_overhead": (cpu - pam_cpu) / pam_cpu if pam_cpu > 0 else None,
-            "failures": failures,
+            "failures": storm["failures"],
         }
-        if served:  # a real initiator logs in with the last one's credentials
-            grant = grant_from_script(max(served, key=lambda v: v.seconds).script)
+        if storm["slowest_script"]:  # a real initiator logs in with the last one's credentials
+            grant = grant_from_script(storm["slowest_script"])
             result["last_grant_logs_in"] = iscsi_tool(self.lab, "iscsi-inq", grant).returncode == 0
-        log(f"  storm of {size}: {len(served)} served, the last after {seconds:.1f} s; broker CPU {cpu:.1f} s, "
-            f"of which PAM {pam_cpu:.1f} s" + "".join(f"\n    not served: {f}" for f in failures[:5]))
+        log(f"  storm of {size}: {storm['served']} served, the last after {storm['seconds_to_last']:.1f} s; broker "
+            f"CPU {cpu:.1f} s, of which PAM {pam_cpu:.1f} s" + "".join(f"\n    not served: {f}" for f in storm["failures"][:5]))
         return result
-
-
-def _failures(visits: list[Visit]) -> list[str]:
-    """The distinct ways visits failed, each with how many and when (seconds after the start)."""
-    by_kind: dict[str, list[float]] = {}
-    for v in visits:
-        by_kind.setdefault(f"{v.status} {v.script[:160]}", []).append(v.seconds)
-    return [f"{len(t)}x after {min(t):.1f}-{max(t):.1f} s: {kind}" for kind, t in sorted(by_kind.items())]
-
-
-async def _one_by_one(client: Client, users: list[str], password: str) -> list[Visit]:
-    return [await client.visit(user, password) for user in users]
-
-
-async def _all_at_once(client: Client, users: list[str], password: str) -> list[Visit]:
-    return list(await asyncio.gather(*(client.visit(user, password) for user in users)))
 
 
 def run_bench(lab: Lab, options: Options, save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:

@@ -4,6 +4,7 @@ with real accounts) is proven in tests/lab/test_broker.py."""
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from typing import Any
@@ -52,6 +53,25 @@ async def test_at_most_concurrency_conversations_run_at_once(slow_pam: Any) -> N
         auth.close()
     assert results == [bool(i % 2) for i in range(12)]
     assert slow_pam.peak == 3 and slow_pam.calls == ["bootbroker"] * 12
+
+
+async def test_pam_threads_run_at_a_lower_priority_than_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[int] = []
+
+    class NicenessPam(SlowPam):
+        def authenticate(self, user: str, password: str, service: str, resetcreds: bool) -> bool:
+            seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+            return True
+
+    monkeypatch.setattr(pam_auth.pam, "pam", NicenessPam)
+    ours = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    auth = PamAuthenticator("bootbroker", concurrency=2)
+    try:
+        assert await asyncio.gather(*(auth.authenticate(f"u{i}", "pw") for i in range(4))) == [True] * 4
+    finally:
+        auth.close()
+    assert seen == [min(19, ours + pam_auth.NICENESS)] * 4
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == ours  # the event loop's thread keeps its own
 
 
 @pytest.mark.parametrize("user, password", [("alice", ""), ("alice", "x" * 513), ("alice", "a\0b"), ("al\0ice", "right")])

@@ -32,12 +32,14 @@ def basic(user: str, password: str) -> dict[str, str]:
 
 @pytest.fixture
 def make_client(aiohttp_client: Any) -> Any:
-    async def make(helper: FakeHelper | None = None, config: Config | None = None, signer: TokenSigner | None = None) -> TestClient:
+    async def make(helper: FakeHelper | None = None, config: Config | None = None, signer: TokenSigner | None = None,
+                   directory: FakeDirectory | None = None) -> TestClient:
         config = config or broker_config()
         assert config.broker is not None
         helper = helper or FakeHelper()
         flow = BootFlow(
-            config, config.broker, FakeAuthenticator(PASSWORDS), helper, FakeDirectory(GROUPS), ScriptRenderer(),
+            config, config.broker, FakeAuthenticator(PASSWORDS), helper, directory or FakeDirectory(GROUPS),
+            ScriptRenderer(),
             signer or TokenSigner(config.broker.token_ttl), LoginLimiter(config.broker.limits),
         )
         server = TestServer(make_app(flow, helper))
@@ -81,6 +83,21 @@ async def test_login_answers_the_images_this_user_may_boot(make_client: Any) -> 
     assert "item image-demo  Demo disk" in menu and "wonderland" not in menu
     bob = await (await client.get("/login.ipxe", headers=basic("bob", "builder"))).text()
     assert set(boot_links(bob)) == {"demo", "staff"}
+
+
+async def test_groups_are_looked_up_only_when_an_image_admits_by_group(make_client: Any) -> None:
+    directory = FakeDirectory(GROUPS)
+    client = await make_client(directory=directory)
+    menu = await (await client.get("/login.ipxe", headers=basic("alice", "wonderland"))).text()
+    assert directory.asked == ["alice"]  # staff admits by group, and alice is not named
+    boot = await client.get(boot_links(menu)["demo"])
+    assert boot.status == 200 and directory.asked == ["alice"]  # demo admits everyone: no lookup
+    everyone = FakeDirectory(GROUPS)
+    client = await make_client(config=broker_config({"demo": {"description": "Demo", "users": ["*"]}}),
+                               directory=everyone)
+    menu = await (await client.get("/login.ipxe", headers=basic("bob", "builder"))).text()
+    assert (await client.get(boot_links(menu)["demo"])).status == 200
+    assert everyone.asked == []
 
 
 async def test_login_by_post_form(make_client: Any) -> None:

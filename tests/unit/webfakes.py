@@ -47,8 +47,10 @@ class FakeAuthenticator:
 class FakeDirectory:
     def __init__(self, groups: dict[str, set[str]]) -> None:
         self.groups = groups
+        self.asked: list[str] = []  # whose groups were looked up, in order
 
     def groups_of(self, user: str) -> frozenset[str]:
+        self.asked.append(user)
         return frozenset(self.groups.get(user, set()))
 
 
