@@ -1,7 +1,7 @@
 """Workstations as the benchmark plays them: log in (PAM) and follow the menu's boot link, over HTTPS as
 iPXE speaks it. Used from the host (lab/bench.py: one login at a time) and inside the lab VM
-(benchmarks/inside.py's storm: hundreds at once; qemu's port forward accepts one connection at a time,
-and a storm through it measures the forward, not the broker: 144 of 500 handshakes timed out there)."""
+(benchmarks/inside.py's storm: hundreds at once; through qemu's user-mode port forward a storm measures
+the forward, not the broker: 144 of 500 TLS handshakes through it did not complete within 60 s)."""
 
 from __future__ import annotations
 

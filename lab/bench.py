@@ -5,11 +5,12 @@ In the VM: a helper (reflink on XFS) on the kernel's LIO, the broker with real P
 /etc/shadow), and tgtd for mktgt on iSCSI port 3261. From this host, an HTTPS client logs users in
 through qemu's port forward, as workstations would: GET /login.ipxe with their password (PAM), then the
 menu's boot link (the helper's overlay, target and ACL; the sanboot script). benchmarks/inside.py does the
-work that belongs in the VM (filling, helper-only and mktgt timings, overlays, qemu-img bench over iSCSI).
+work that belongs in the VM (filling, helper-only and mktgt timings, overlays, qemu-img bench over iSCSI,
+and the storms' client, on the VM's loopback: through qemu's forward a storm would measure the forward).
 
 1. logins at each count of existing targets: through the broker (PAM + boot script), and the per-login
    step alone on each side (bootbroker's ensure_session, one run of mktgt), warm and cold;
-2. boot storms: N users, none with a disk yet, log in and boot at the same moment;
+2. boot storms: N users, none with a disk yet, log in and boot at the same moment (from inside the VM);
 3. overlay creation for a 1 GiB and a 100 GiB sparse golden image;
 4. I/O through iSCSI on users' overlays against a target on the golden image itself.
 """

@@ -61,7 +61,7 @@ def _vs(samples: list[float], base: list[float] | None) -> str:
 
 def storms_table(storms: list[dict[str, Any]]) -> list[str]:
     lines = [
-        "| users at once | served | last script after | per user p50 / p99 | broker CPU | of it PAM | "
+        "| users at once | served | last script after | per user p50 / p99 | broker CPU | of it PAM (share) | "
         "broker's own CPU / PAM's |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -70,7 +70,8 @@ def storms_table(storms: list[dict[str, Any]]) -> list[str]:
         lines.append(
             f"| {s['users']} | {s['served']} | {s['seconds_to_last']:.1f} s | "
             + (f"{per_user['p50']:.1f} / {per_user['p99']:.1f} s" if per_user else "-")
-            + f" | {s['broker_cpu_seconds']:.1f} s | {s['pam_cpu_seconds']:.1f} s | "
+            + f" | {s['broker_cpu_seconds']:.1f} s | {s['pam_cpu_seconds']:.1f} s "
+            + f"({s['pam_cpu_seconds'] / s['broker_cpu_seconds'] * 100:.0f}%) | "
             + (f"{s['broker_overhead'] * 100:.1f}%" if s["broker_overhead"] is not None else "-") + " |"
         )
     return lines
