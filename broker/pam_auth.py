@@ -10,10 +10,9 @@ local unix accounts must therefore be in group `shadow`; sites with SSSD/LDAP or
 pam_krb5, which need no privilege (see scripts/pam.d/bootbroker).
 
 PAM threads run at a lower CPU priority than the event loop. pam_unix hashes the password in our process
-(yescrypt: about 10 ms of CPU on a fast core, half a second under emulation); in a boot storm the PAM
-threads would otherwise take the CPUs from the event loop, whose TLS handshakes must finish within
-`request_timeout` of their connection's arrival (measured in the lab: 2 of 500 workstations cut off
-mid-handshake at equal priority). Hashing waits; the handshakes and answers go first.
+(yescrypt, Debian's default: 18 ms of CPU on a server core, 0.6 s under the lab's emulation); in a boot
+storm the PAM threads would otherwise take the CPUs from the event loop, whose TLS handshakes must finish
+within `request_timeout` of their connection's arrival. Hashing waits; the handshakes and answers go first.
 """
 
 from __future__ import annotations
