@@ -101,6 +101,7 @@ SCREEN_MESSAGES: dict[ErrorCode, str] = {
     ErrorCode.NOT_PERMITTED: "You may not boot any disk here. Ask the helpdesk.",
     ErrorCode.UNKNOWN_IMAGE: "That disk does not exist (any more). Please log in again.",
     ErrorCode.HELPER_UNAVAILABLE: "The boot service is not available right now. Try again in a minute.",
+    ErrorCode.BUSY: "The boot service is busy right now. Try again in a minute.",
     ErrorCode.STORE_FULL: "There is no room for your disk right now. Ask the helpdesk.",
 }
 DEFAULT_SCREEN_MESSAGE = "Your disk could not be prepared. Try again, or ask the helpdesk."

@@ -22,6 +22,7 @@ class ErrorCode(StrEnum):
     STORE_FULL = "store_full"
     BACKEND_FAILURE = "backend_failure"  # storage or LIO refused; the half-done step was rolled back
     HELPER_UNAVAILABLE = "helper_unavailable"  # client side only: no helper answered
+    BUSY = "busy"  # too many requests already wait (for the helper's lock, for PAM): try again shortly
     INTERNAL = "internal"
     # The broker's own: they never cross the helper socket.
     LOGIN_FAILED = "login_failed"  # wrong or unknown user name or password (never says which)
@@ -83,6 +84,10 @@ class HelperUnavailable(BrokerError):
     code = ErrorCode.HELPER_UNAVAILABLE
 
 
+class Busy(BrokerError):
+    code = ErrorCode.BUSY
+
+
 class InternalError(BrokerError):
     code = ErrorCode.INTERNAL
 
@@ -118,7 +123,7 @@ _BY_CODE: dict[ErrorCode, type[BrokerError]] = {
     cls.code: cls
     for cls in (
         BadRequest, UnsupportedVersion, BadIdentifier, UnknownImage, NotPermitted, NoSuchSession,
-        NoSuchOverlay, Conflict, StoreFull, BackendFailure, HelperUnavailable, InternalError,
+        NoSuchOverlay, Conflict, StoreFull, BackendFailure, HelperUnavailable, Busy, InternalError,
     )
 }
 

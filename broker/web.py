@@ -57,6 +57,7 @@ HTTP_STATUS: dict[ErrorCode, int] = {
     ErrorCode.BACKEND_FAILURE: 502,
     # No Retry-After with 503: iPXE would silently retry forever instead of showing the message.
     ErrorCode.HELPER_UNAVAILABLE: 503,
+    ErrorCode.BUSY: 503,
     ErrorCode.STORE_FULL: 507,
 }
 
