@@ -208,14 +208,9 @@ class Helper:
                 raise _store_error(e, "record the session") from None
             crash_point("session-recorded")
             try:
-                self.lio.replace_acl(
-                    names.target, previous.initiator if previous else None,
-                    session.initiator, session.chap_user, session.chap_secret,
-                )
+                self.lio.replace_acls(names.target, session.initiator, session.chap_user, session.chap_secret)
             except BrokerError:
-                # The previous ACL may be gone already: no live session at all, in the record or in LIO.
-                self.book.remove(names.image, names.user)
-                self.lio.delete_acl(names.target, session.initiator)
+                self._settle_after_failed_login(names, session, previous)
                 raise
             crash_point("acl-replaced")
         log.info("session for %s on %s: initiator %s%s", names.user, names.image, session.initiator,
@@ -228,6 +223,29 @@ class Helper:
             "chap_user": session.chap_user,
             "chap_secret": session.chap_secret,
         }
+
+    def _settle_after_failed_login(self, names: Names, failed: BootSession, previous: BootSession | None) -> None:
+        """After LIO refused part of a login: take this login's ACL away again and make the record say which
+        ACL is left, so a target never has two writers and the next login knows whom to drop. If LIO cannot
+        even be read, the record stays: it names the newest credentials, and the next login (or the start-up
+        repair) removes every other ACL."""
+        try:
+            self.lio.delete_acl(names.target, failed.initiator)
+            left = self.lio.acls(names.target)
+        except BrokerError as e:
+            log.error("LIO state of %s unknown after a failed login (%s): the next login repairs it", names.target, e.message)
+            return
+        try:
+            if previous is not None and left == {previous.initiator}:
+                self.book.put(previous)  # the old session could not be dropped: it is still the live one
+            else:
+                self.book.remove(names.image, names.user)
+        except OSError as e:
+            log.error("cannot correct the session record of %s on %s (%s): the next login repairs it",
+                      names.user, names.image, e.strerror)
+        if left - ({previous.initiator} if previous else set()):
+            log.error("target %s keeps NodeACLs no record names (%s): the next login removes them",
+                      names.target, ", ".join(sorted(left)))
 
     def end_session(self, image: object, user: object) -> dict[str, Any]:
         """End a live boot session: delete its NodeACL (the kernel drops the connection) and forget it.

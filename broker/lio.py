@@ -145,15 +145,30 @@ class Lio:
     def _tpg(self, iqn: str) -> Any:
         return TPG(Target(self._iscsi(), iqn, "lookup"), TPG_TAG, "lookup")
 
-    def replace_acl(self, iqn: str, previous: str | None, initiator: str, chap_user: str, chap_secret: str) -> None:
-        """Delete the previous session's NodeACL (the kernel drops that session) and make the new one."""
+    def replace_acls(self, iqn: str, initiator: str, chap_user: str, chap_secret: str) -> None:
+        """Delete every NodeACL of the target but `initiator`'s (the kernel drops those sessions at once: one
+        writer per disk), whether or not a record knew it, then ensure `initiator`'s with these credentials.
+        Lists only this target's ACLs (one configfs directory), never the whole tree."""
         try:
             tpg = self._tpg(iqn)
-            if previous is not None:
-                self._delete_acl(tpg, previous)
+            for other in self.acls(iqn) - {initiator}:
+                self._delete_acl(tpg, other)
         except (RTSLibError, OSError) as e:
             raise BackendFailure(f"LIO refused to drop the previous session on {iqn}: {e}") from None
         self.ensure_acl(iqn, initiator, chap_user, chap_secret)
+
+    @staticmethod
+    def acls(iqn: str) -> set[str]:
+        """The initiators that have a NodeACL on the target (none when there is no such target)."""
+        try:
+            return {entry.name for entry in os.scandir(_acl_dir(iqn)) if entry.is_dir()}
+        except FileNotFoundError:
+            return set()
+
+    @staticmethod
+    def has_acl(iqn: str, initiator: str) -> bool:
+        """Whether the NodeACL is in LIO: one stat, cheap enough to ask for every live session."""
+        return (_acl_dir(iqn) / initiator).is_dir()
 
     def ensure_acl(self, iqn: str, initiator: str, chap_user: str, chap_secret: str) -> None:
         """Ensure a NodeACL for `initiator` with these CHAP credentials and LUN 0 mapped. Idempotent."""
@@ -222,8 +237,7 @@ class Lio:
         if fabric.is_dir():
             for target_dir in fabric.iterdir():
                 if target_dir.name.startswith(prefix + ":"):
-                    acl_dir = target_dir / f"tpgt_{TPG_TAG}" / "acls"
-                    acls[target_dir.name] = {p.name for p in acl_dir.iterdir()} if acl_dir.is_dir() else set()
+                    acls[target_dir.name] = self.acls(target_dir.name)
         objects: dict[str, Literal["fileio", "block"]] = {}
         for hba in (CONFIGFS_TARGET / "core").glob("*_*"):
             kind: Literal["fileio", "block"] | None = (
@@ -237,6 +251,10 @@ class Lio:
 
 
 STORAGE_OBJECT_PREFIX = "bb."
+
+
+def _acl_dir(iqn: str) -> Path:
+    return CONFIGFS_TARGET / "iscsi" / iqn / f"tpgt_{TPG_TAG}" / "acls"
 
 
 def storage_object_name(image: str, label: str) -> str:

@@ -1,0 +1,88 @@
+"""The helper's use cases (broker/helper.py) on a real store in a temporary directory, with an in-memory LIO
+that fails where a test says (tests/unit/helperfakes.py): what the helper decides when a step fails, what
+start-up keeps and sets aside. The lab tests prove the same operations against the kernel's LIO."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from broker import store as store_module
+from broker.errors import BackendFailure, BrokerError, Conflict, UnknownImage
+from broker.files import set_immutable
+from broker.helper import Helper
+
+from .helperfakes import FakeLio, make_helper
+
+TARGET = "iqn.2026-11.org.example.lab:demo.alice"
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path / "store"
+    for image in (tmp_path / "store" / "images").glob("*/v*.img"):
+        set_immutable(image, False)
+
+
+def golden(tmp_path: Path, fill: bytes) -> Path:
+    path = tmp_path / f"golden-{fill.hex()}.img"
+    path.write_bytes(fill * 4096)
+    return path
+
+
+@pytest.fixture
+def lio() -> FakeLio:
+    return FakeLio()
+
+
+@pytest.fixture
+def helper(root: Path, lio: FakeLio, tmp_path: Path) -> Helper:
+    helper = make_helper(root, lio)
+    helper.start()
+    helper.publish("demo", str(golden(tmp_path, b"\1")))
+    return helper
+
+
+def restarted(helper: Helper) -> Helper:
+    """A new helper process on the same store and the same kernel."""
+    again = Helper(helper.config, helper.backend, helper.lio, helper.directory)
+    again.start()
+    return again
+
+
+# A failed login leaves at most one NodeACL, and the records say which (issue 15, defect 3)
+
+def test_a_login_whose_previous_acl_cannot_be_dropped_leaves_one_writer_and_the_next_login_cleans_up(
+    helper: Helper, lio: FakeLio,
+) -> None:
+    first = helper.ensure_session("demo", "alice")
+    lio.logged_in_initiators.add(first["initiator_iqn"])
+    lio.fail = {"delete_acl"}
+    with pytest.raises(BackendFailure):
+        helper.ensure_session("demo", "alice")
+    # The first workstation's ACL is still there (LIO would not drop it): the record must say so.
+    assert set(lio.targets[TARGET].acls) == {first["initiator_iqn"]}
+    recorded = helper.book.get("demo", "alice")
+    assert recorded is not None and recorded.initiator == first["initiator_iqn"]
+    third = helper.ensure_session("demo", "alice")
+    assert set(lio.targets[TARGET].acls) == {third["initiator_iqn"]}
+    assert restarted(helper).book.get("demo", "alice").initiator == third["initiator_iqn"]  # type: ignore[union-attr]
+
+
+def test_a_login_removes_every_acl_on_its_target_but_its_own(helper: Helper, lio: FakeLio) -> None:
+    helper.ensure_session("demo", "alice")
+    lio.targets[TARGET].acls["iqn.2026-11.org.example.lab:stray"] = ("alice", "x" * 20)  # no record knows it
+    grant = helper.ensure_session("demo", "alice")
+    assert set(lio.targets[TARGET].acls) == {grant["initiator_iqn"]}
+
+
+def test_a_login_whose_new_acl_fails_leaves_no_acl_and_no_record(helper: Helper, lio: FakeLio) -> None:
+    helper.ensure_session("demo", "alice")
+    lio.fail = {"ensure_acl"}
+    with pytest.raises(BackendFailure):
+        helper.ensure_session("demo", "alice")
+    assert lio.targets[TARGET].acls == {}
+    assert helper.book.get("demo", "alice") is None
