@@ -229,6 +229,19 @@ def cmd_images_retire(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_images_current(args: argparse.Namespace) -> int:
+    result = _client(args).call("set_current", image=args.image, version=args.version)
+    print(f"{result['image']}: v{result['current']} is current (was v{result['previous']}); new overlays are made "
+          "from it, existing ones stay on their version (see rebase)")
+    return EXIT_OK
+
+
+def _version(text: str) -> int:
+    if not text.removeprefix("v").isdigit() or int(text.removeprefix("v")) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a version is a whole number from 1 (see `bootbroker images list`)")
+    return int(text.removeprefix("v"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bootbroker",
@@ -303,6 +316,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     retire.set_defaults(handler=cmd_images_retire)
     retire.add_argument("target", type=image_and_version, metavar="IMAGE[@VERSION]")
+    current = images_sub.add_parser(
+        "current", help="make a published VERSION of IMAGE current again (root)",
+        description="Make VERSION (still in the store: see `images list`) the version new overlays of IMAGE are "
+                    "made from, e.g. to go back from a bad publish. Overlays already made stay on their version; "
+                    "`rebase` moves a user. Never edit the store's `current` file by hand.",
+    )
+    current.set_defaults(handler=cmd_images_current)
+    current.add_argument("image", help="an image named in the configuration")
+    current.add_argument("version", type=_version, help="a published version, e.g. 2")
     return parser
 
 

@@ -54,6 +54,16 @@ def rename_durably(source: Path, destination: Path) -> None:
         sync_directory(source.parent)
 
 
+def remove_durably(path: Path) -> None:
+    """Unlink a file (absent is fine), then sync its directory, so that after a power cut it stays gone: a
+    revoked session's record must not come back and bring its ACL with it."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return
+    sync_directory(path.parent)
+
+
 def sync_directory(path: Path) -> None:
     directory = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:

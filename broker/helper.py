@@ -474,6 +474,19 @@ class Helper:
         log.info("retired %s %s", image, ", ".join(f"v{v}" for v in retired))
         return {"image": image, "retired": retired}
 
+    def set_current(self, image: object, version: object) -> dict[str, Any]:
+        """Make a published version of an image current again (new overlays are made from it; existing ones
+        stay on theirs): an admin's way back from a bad publish. Touches: images/<image>/current only.
+        Idempotent. Root only."""
+        image = check_image_name(image)
+        if image not in self.config.images:
+            raise UnknownImage(f"there is no image {image!r} in the configuration")
+        version = check_version(version)
+        with self._lock:
+            previous = self.store.set_current(image, version)
+        log.info("%s: v%d is current (was v%d)", image, version, previous)
+        return {"image": image, "current": version, "previous": previous}
+
     def health(self) -> dict[str, Any]:
         """A cheap summary for monitoring. Reads only; takes no lock so it answers during long work."""
         return {
@@ -508,5 +521,6 @@ def run_operation(helper: Helper, op: str, args: dict[str, Any]) -> Any:
         "rebase": helper.rebase,
         "backups": helper.backups,
         "retire": helper.retire,
+        "set_current": helper.set_current,
     }
     return table[op](**args)

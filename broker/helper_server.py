@@ -53,6 +53,7 @@ PERMISSIONS: dict[str, Role] = {
     "restore": Role.ROOT | Role.HELPDESK,
     "backups": Role.ROOT | Role.HELPDESK,
     "rebase": Role.ROOT | Role.HELPDESK,
+    "set_current": Role.ROOT,
 }
 
 

@@ -32,6 +32,7 @@ OPERATIONS: dict[str, frozenset[str]] = {
     "restore": frozenset({"image", "user", "backup"}),  # backup null: the newest
     "backups": frozenset(),
     "rebase": frozenset({"image", "user"}),
+    "set_current": frozenset({"image", "version"}),
 }
 
 

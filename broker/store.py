@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .errors import BadIdentifier, Conflict, UnknownImage
 from .faults import crash_point
-from .files import clone_or_copy, rename_durably, set_immutable, sha256_of, write_atomically
+from .files import clone_or_copy, remove_durably, rename_durably, set_immutable, sha256_of, write_atomically
 from .identifiers import check_version
 
 
@@ -105,28 +105,51 @@ class Store:
             raise Conflict(f"{image!r} is still in use ({'; '.join(holders)}) by {', '.join(users)}; "
                            "rebase or reset users with overlays; backups go after [store] backup_days")
         if version is None:
-            (self.images / image / "current").unlink(missing_ok=True)
+            remove_durably(self.images / image / "current")
         for v in doomed:
             self._remove_version(image, v)
         return doomed
 
     def _remove_version(self, image: str, version: int) -> None:
         set_immutable(self.image_file(image, version), False)
-        self.image_file(image, version).unlink()
-        self.checksum_file(image, version).unlink(missing_ok=True)
+        remove_durably(self.image_file(image, version))
+        remove_durably(self.checksum_file(image, version))
+        remove_durably(self._publishing_mark(image, version))
 
     def discard_unfinished(self, image: str) -> list[int]:
-        """Remove what an interrupted publish left in images/<image>/: versions it numbered but never made
-        current (newer than `current`, or any when there is none; no overlay can be made from those) and
-        checksums without their image. Returns the versions removed."""
-        current = self.current_version(image) if self.has_current(image) else 0
-        unfinished = [v for v in self.versions(image) if v > current]
+        """Remove what an interrupted publish left in images/<image>/: a version still marked as being
+        published (`v<N>.publishing`, made before the version is renamed into place and removed once it is
+        current) that never became current, and checksums and marks without their image. A finished
+        version is never removed here, whatever `current` says, nor one an overlay or backup was made
+        from. Returns the versions removed."""
+        directory = self.images / image
+        current = self.current_version(image) if self.has_current(image) else None
+        pins = self.pins()
+        unfinished = [
+            v for v in self.versions(image)
+            if self._publishing_mark(image, v).exists() and v != current and (image, v) not in pins
+        ]
         for v in unfinished:
             self._remove_version(image, v)
-        for checksum in (self.images / image).glob("v*.sha256"):
-            if not checksum.with_suffix(".img").exists():
-                checksum.unlink()
+        for leftover in [*directory.glob("v*.sha256"), *directory.glob("v*.publishing")]:
+            if not leftover.with_suffix(".img").exists():
+                remove_durably(leftover)
+        if current is not None and self._publishing_mark(image, current).exists():
+            remove_durably(self._publishing_mark(image, current))  # it became current: finished
         return unfinished
+
+    def _publishing_mark(self, image: str, version: int) -> Path:
+        return self.images / image / f"v{version}.publishing"
+
+    def set_current(self, image: str, version: int) -> int:
+        """Make a published version the one new overlays are made from (overlays keep theirs). Returns the
+        version that was current before."""
+        versions = self.versions(image)
+        if version not in versions:
+            raise UnknownImage(f"image {image!r} has no version {version}; it has {_listed(versions) or 'none'}")
+        previous = self.current_version(image) if self.has_current(image) else 0
+        write_atomically(self.images / image / "current", f"{version}\n".encode(), 0o644)
+        return previous
 
     def publish(self, image: str, source: Path) -> tuple[int, str, bool]:
         """Store `source` as the next version of `image` and make it current (stage, checksum, commit in
@@ -163,11 +186,15 @@ class Store:
         directory.mkdir(mode=0o700, exist_ok=True)
         version = max(self.versions(image), default=0) + 1
         os.chmod(staged, 0o444)
+        # Marked before it is renamed into place, unmarked once current: start-up discards only a marked
+        # version that never became current (a publish that died half-way), never a finished one.
+        write_atomically(self._publishing_mark(image, version), b"", 0o600)
         write_atomically(self.checksum_file(image, version), f"{sha256}  v{version}.img\n".encode(), 0o444)
         rename_durably(staged, self.image_file(image, version))
         crash_point("publish-renamed")
         immutable = set_immutable(self.image_file(image, version), True)
         write_atomically(directory / "current", f"{version}\n".encode(), 0o644)
+        remove_durably(self._publishing_mark(image, version))
         return version, sha256, immutable
 
     def checksum_file(self, image: str, version: int) -> Path:

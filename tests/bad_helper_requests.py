@@ -91,6 +91,8 @@ ARGUMENT_CASES: list[Case] = [
       for i, value in enumerate(_BAD_NAMES)),
     *(Case(f"retire_version_{i}", request("retire", {"image": "demo", "version": value}), "bad_identifier")
       for i, value in enumerate([0, -1, 1.0, 1.5, "1", True, 10**10, 2**80, [], {}])),
+    *(Case(f"set_current_version_{i}", request("set_current", {"image": "demo", "version": value}), "bad_identifier")
+      for i, value in enumerate([None, 0, -1, 1.5, "1", True, 10**10])),
     *(Case(f"restore_backup_{i}", request("restore", {"image": "demo", "user": "alice", "backup": value}), "bad_identifier")
       for i, value in enumerate([7, "", "latest", "../x", "20261123T083000/..", ["20261123T083000"]])),
 ]

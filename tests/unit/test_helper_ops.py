@@ -86,3 +86,47 @@ def test_a_login_whose_new_acl_fails_leaves_no_acl_and_no_record(helper: Helper,
         helper.ensure_session("demo", "alice")
     assert lio.targets[TARGET].acls == {}
     assert helper.book.get("demo", "alice") is None
+
+
+# Start-up discards only what a publish left half-done (issue 15, defect 2)
+
+def test_start_up_keeps_a_version_newer_than_current_that_overlays_use(helper: Helper, tmp_path: Path) -> None:
+    helper.publish("demo", str(golden(tmp_path, b"\2")))
+    helper.ensure_session("demo", "alice")  # alice's overlay is made from v2
+    (helper.store.images / "demo" / "current").write_text("1\n")  # an admin points current back by hand
+    again = restarted(helper)
+    assert again.store.versions("demo") == [1, 2]
+    assert again.store.image_file("demo", 2).read_bytes() == b"\2" * 4096
+
+
+def test_start_up_keeps_every_finished_version_when_current_is_missing(helper: Helper, tmp_path: Path) -> None:
+    helper.publish("demo", str(golden(tmp_path, b"\2")))
+    (helper.store.images / "demo" / "current").unlink()
+    assert restarted(helper).store.versions("demo") == [1, 2]
+
+
+def test_start_up_discards_a_publish_interrupted_before_it_became_current(
+    helper: Helper, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def interrupted(point: str) -> None:
+        if point == "publish-renamed":
+            raise KeyboardInterrupt  # stands for the process dying there
+    monkeypatch.setattr(store_module, "crash_point", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        helper.publish("demo", str(golden(tmp_path, b"\2")))
+    monkeypatch.undo()
+    again = restarted(helper)
+    assert again.store.versions("demo") == [1] and again.store.current_version("demo") == 1
+    assert not list((again.store.images / "demo").glob("v2*"))
+    assert again.publish("demo", str(golden(tmp_path, b"\3")))["version"] == 2
+
+
+def test_an_admin_makes_an_older_version_current_again(helper: Helper, tmp_path: Path) -> None:
+    helper.publish("demo", str(golden(tmp_path, b"\2")))
+    assert helper.set_current("demo", 1) == {"image": "demo", "current": 1, "previous": 2}
+    assert helper.store.current_version("demo") == 1
+    helper.ensure_session("demo", "alice")
+    assert helper.store.read_meta(helper.store.overlay_dir("demo", "alice")).version == 1  # type: ignore[union-attr]
+    assert restarted(helper).store.versions("demo") == [1, 2]
+    with pytest.raises(UnknownImage, match="no version 7"):
+        helper.set_current("demo", 7)

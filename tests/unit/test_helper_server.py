@@ -73,6 +73,10 @@ class Operations:
         self.calls.append(("rebase", {}))
         return {}
 
+    def set_current(self, image: str, version: int) -> dict[str, Any]:
+        self.calls.append(("set_current", {}))
+        return {}
+
 
 def test_every_operation_has_a_permission() -> None:
     assert set(PERMISSIONS) == set(OPERATIONS)
@@ -107,6 +111,9 @@ def test_every_operation_has_a_permission() -> None:
         (Role.BROKER, "rebase", False),
         (Role.NONE, "health", False),
         (Role.ROOT, "publish", True),
+        (Role.HELPDESK, "set_current", False),
+        (Role.BROKER, "set_current", False),
+        (Role.ROOT, "set_current", True),
     ],
 )
 def test_permissions(roles: Role, op: str, allowed: bool) -> None:

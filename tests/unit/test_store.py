@@ -183,11 +183,13 @@ def test_an_interrupted_publish_is_discarded_and_the_next_one_takes_its_number(s
     source = tmp_path / "golden.img"
     source.write_bytes(b"\1" * 4096)
     store.publish("demo", source)
-    # A publish that numbered v2 and wrote its checksum, then died before making it current; and one
-    # that died after writing v3's checksum only.
+    # A publish that marked and numbered v2 and wrote its checksum, then died before making it current;
+    # and one that died after writing v3's mark and checksum only.
     staged = store.stage_version("demo", lambda tmp: shutil.copyfile(source, tmp))
+    (store.images / "demo" / "v2.publishing").touch()
     os.rename(staged, store.image_file("demo", 2))
     store.checksum_file("demo", 2).write_text("0" * 64 + "  v2.img\n")
+    (store.images / "demo" / "v3.publishing").touch()
     store.checksum_file("demo", 3).write_text("0" * 64 + "  v3.img\n")
     assert store.discard_unfinished("demo") == [2]
     assert store.versions("demo") == [1] and store.current_version("demo") == 1
@@ -197,10 +199,14 @@ def test_an_interrupted_publish_is_discarded_and_the_next_one_takes_its_number(s
     assert store.discard_unfinished("never-published") == []
 
 
-def test_versions_without_a_current_one_are_unfinished(store: Store, tmp_path: Path) -> None:
+def test_a_first_publish_that_died_before_current_is_discarded_but_a_finished_one_is_kept(store: Store, tmp_path: Path) -> None:
     source = tmp_path / "golden.img"
     source.write_bytes(b"\1" * 4096)
     store.publish("demo", source)
-    (store.images / "demo" / "current").unlink()  # the first publish died before writing it
-    assert store.discard_unfinished("demo") == [1]
-    assert not list((store.images / "demo").iterdir())
+    (store.images / "demo" / "current").unlink()  # current lost by hand: v1 finished all the same
+    assert store.discard_unfinished("demo") == [] and store.versions("demo") == [1]
+    store.publish("other", source)
+    (store.images / "other" / "current").unlink()
+    (store.images / "other" / "v1.publishing").touch()  # the first publish died before writing current
+    assert store.discard_unfinished("other") == [1]
+    assert not list((store.images / "other").iterdir())
