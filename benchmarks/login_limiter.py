@@ -9,7 +9,10 @@ attackers at once, each against its own broker (its own limiter):
   many-addresses  one user name, guessed from many addresses (127.0.0.2 ... : Linux routes 127/8 on lo)
 
 Each attacker keeps `--connections` requests in flight for `--duration` seconds. The authenticator is a
-counting fake that always says "wrong": what is measured is the limiter and the tarpit, not PAM's speed.
+counting fake that always says "wrong" after `--pam-delay` seconds (default 2, pam_unix's delay on a failed
+password), so guesses overlap in PAM as they do in production: what is measured is the limiter and the
+tarpit, not PAM's speed. (With a fake that answers at once no two guesses were ever in PAM together, and
+the limiter looked tighter than it was.)
 
     .venv/bin/python benchmarks/login_limiter.py                      # 10 minutes, window 300 s
     .venv/bin/python benchmarks/login_limiter.py --duration 120 --window 30 --json out.json
@@ -44,13 +47,15 @@ from broker.web import make_app  # noqa: E402
 
 
 class CountingAuthenticator:
-    """Always wrong; remembers when each guess reached it."""
+    """Always wrong, after `delay` seconds (as pam_unix is); remembers when each guess reached it."""
 
-    def __init__(self) -> None:
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
         self.times: list[float] = []
 
     async def authenticate(self, user: str, password: str) -> bool:
         self.times.append(time.monotonic())
+        await asyncio.sleep(self.delay)
         return False
 
 
@@ -69,13 +74,16 @@ class NoGroups:
     def groups_of(self, user: str) -> frozenset[str]:
         return frozenset()
 
+    def canonical(self, user: str) -> str | None:
+        return user
+
 
 @dataclass
 class Scenario:
     name: str
     what: str
     bound_per_window: int  # what the limits allow through per window, in the steady state
-    authenticator: CountingAuthenticator = field(default_factory=CountingAuthenticator)
+    authenticator: CountingAuthenticator
     statuses: Counter[int] = field(default_factory=Counter)
     sent: int = 0
 
@@ -166,19 +174,23 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=float, default=300.0, help="the limiter's window in seconds (default 300, the configuration's default)")
     parser.add_argument("--connections", type=int, default=16, help="requests each attacker keeps in flight (default 16)")
     parser.add_argument("--addresses", type=int, default=200, help="source addresses of many-addresses (default 200)")
+    parser.add_argument("--pam-delay", type=float, default=2.0,
+                        help="seconds the fake authenticator takes to say 'wrong' (default 2, pam_unix's failure delay)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON to this file")
     args = parser.parse_args(argv)
     logging.getLogger("broker").setLevel(logging.ERROR)  # a warning per refused guess otherwise
 
     scenarios = [
-        Scenario("single-user", "one user name from one address", bound_per_window=5),
-        Scenario("cycling-users", "one address, a new user name per guess", bound_per_window=30),
-        Scenario("many-addresses", f"one user name from {args.addresses} addresses", bound_per_window=5),
+        Scenario("single-user", "one user name from one address", 5, CountingAuthenticator(args.pam_delay)),
+        Scenario("cycling-users", "one address, a new user name per guess", 30, CountingAuthenticator(args.pam_delay)),
+        Scenario("many-addresses", f"one user name from {args.addresses} addresses", 5,
+                 CountingAuthenticator(args.pam_delay)),
     ]
     print(f"login limiter benchmark: user_failures 5, address_failures 30, failure_delay 2 s (defaults); "
           f"window {args.window:g} s{' (the default)' if args.window == 300 else ' (SHORTENED from the default 300 s)'}; "
           f"{args.duration:g} s per attacker, {args.connections} requests in flight each", flush=True)
-    print("the authenticator is a counting fake that always says 'wrong': the limiter is what is measured", flush=True)
+    print(f"the authenticator is a counting fake that says 'wrong' after {args.pam_delay:g} s: the limiter is what is "
+          "measured", flush=True)
     runners = []
     ports = []
     for scenario in scenarios:
@@ -205,7 +217,8 @@ async def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps({
             "window": args.window, "window_is_default": args.window == 300, "duration": duration,
-            "connections": args.connections, "authenticator": "counting fake, always wrong",
+            "connections": args.connections,
+            "authenticator": f"counting fake, always wrong after {args.pam_delay:g} s", "pam_delay": args.pam_delay,
             "limits": {"user_failures": 5, "address_failures": 30, "failure_delay": 2.0}, "results": results,
         }, indent=2) + "\n")
     return 0

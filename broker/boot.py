@@ -2,7 +2,7 @@
 
 The web layer (`web.py`) parses HTTP and maps errors; this module decides. Its ports are small
 interfaces so the web tests can use fakes: an `Authenticator` (PAM in production), a `SessionHelper`
-(the privileged helper), a `Directory` (group membership through NSS).
+(the privileged helper), a `Directory` (accounts and group membership through NSS).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from .access import needs_groups, permitted_images
 from .config import BootMethod, BrokerConfig, Config, ImageConfig, Portal
 from .errors import (
-    BrokerError, ErrorCode, InternalError, LoginFailed, NotPermitted, TooManyAttempts, UnknownImage,
+    BrokerError, Busy, ErrorCode, InternalError, LoginFailed, NotPermitted, TooManyAttempts, UnknownImage,
 )
 from .identifiers import CHAP_ALPHABET, IMAGE_NAME, USER_NAME, script_safe
 from .limiter import LoginLimiter
@@ -48,7 +48,14 @@ class SessionHelper(Protocol):
 
 
 class Directory(Protocol):
+    """Accounts as the system resolves them (NSS). Blocking: called from a thread."""
+
     def groups_of(self, user: str) -> frozenset[str]: ...
+
+    def canonical(self, user: str) -> str | None:
+        """The account's own name for a name PAM accepted (NSS may match `Alice` to `alice`); None if
+        there is no such account."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -202,29 +209,22 @@ class BootFlow:
         """Authenticate once; answer the menu of the images this user may boot, with signed links.
 
         A failure of any kind (unknown user, wrong password, too many attempts) is answered no sooner
-        than `failure_delay` after the request arrived, so the answer's timing tells nothing."""
+        than `failure_delay` after the request arrived, so the answer's timing tells nothing. The menu,
+        its links and the helper get the account's own name (NSS's), not the spelling typed."""
         started = self._clock()
-        key = user[:64]  # every valid name fits; longer ones share the limiter's key (and the log) by prefix
         try:
-            wait = self.limiter.retry_after(key, address)
-            if wait > 0:
-                self.metrics.login("limited")
-                raise TooManyAttempts(f"login of {key!r} from {address} refused: too many failures", wait)
-            if not USER_NAME.fullmatch(user) or not await self.authenticator.authenticate(user, password):
-                self.limiter.failed(key, address)
-                self.metrics.login("failed")
-                raise LoginFailed(f"login of {key!r} from {address} failed")
+            await self._authenticate(user, password, address)
         except (LoginFailed, TooManyAttempts):
             await asyncio.sleep(max(0.0, started + self.broker.limits.failure_delay - self._clock()))
             raise
-        self.limiter.succeeded(user)
-        self.metrics.login("ok")
+        typed, user = user, await self._canonical(user)
         groups = await self._groups_of(user, self.config.images.values())
         published = await self._published_images()
         images = [image for image in permitted_images(self.config.images, user, groups) if image.name in published]
         if not images:
             raise NotPermitted(f"{user} logged in but may boot no image")
-        log.info("login of %s from %s: %d image(s)", user, address, len(images))
+        log.info("login of %s%s from %s: %d image(s)", user, "" if typed == user else f" (typed {typed})",
+                 address, len(images))
         return self.renderer.render(MENU, {
             "user": user,
             "ttl": self.signer.ttl,
@@ -240,6 +240,39 @@ class BootFlow:
             "message_url": self.url("/message.ipxe"),
             "entry_url": self.url("/boot.ipxe"),
         })
+
+    async def _authenticate(self, user: str, password: str, address: str) -> None:
+        """Ask PAM within the limits; return only if it accepted. The attempt is reserved in the limiter
+        before PAM is awaited, so attempts in flight count (issue 15: they all passed a check made first)."""
+        shown = user[:64]  # every valid name fits; the log gets no more
+        wait = self.limiter.reserve(user, address)
+        if wait > 0:
+            self.metrics.login("limited")
+            raise TooManyAttempts(f"login of {shown!r} from {address} refused: too many failures", wait)
+        try:
+            ok = bool(USER_NAME.fullmatch(user)) and await self.authenticator.authenticate(user, password)
+        except Busy:
+            # PAM was not asked: no failure to record, and nothing to tarpit (the answer says nothing about
+            # the account); the person is told to try again.
+            self.limiter.released(user, address)
+            self.metrics.login("busy")
+            raise
+        except BaseException:
+            self.limiter.released(user, address)
+            raise
+        if not ok:
+            self.limiter.failed(user, address)
+            self.metrics.login("failed")
+            raise LoginFailed(f"login of {shown!r} from {address} failed")
+        self.limiter.succeeded(user, address)
+        self.metrics.login("ok")
+
+    async def _canonical(self, user: str) -> str:
+        """The account's own name (in a thread: NSS blocks), checked like any name that reaches a script."""
+        name = await asyncio.to_thread(self.directory.canonical, user)
+        if name is None or not USER_NAME.fullmatch(name):
+            raise NotPermitted(f"PAM accepted {user} but NSS gives no usable account name for it ({name!r})")
+        return name
 
     async def _groups_of(self, user: str, images: Iterable[ImageConfig]) -> frozenset[str]:
         """The user's groups, looked up (in a thread: NSS blocks) only when these images' decision needs them."""

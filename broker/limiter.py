@@ -1,20 +1,50 @@
 """Failed-login rate limiting per user name and per client address.
 
 Each key keeps the times of its recent failures; a key with too many in the window is refused until the
-oldest leaves it. A success clears the user's failures (not the address's: one good account must not
-launder an address that is guessing others). Memory stays bounded: expired keys are swept as failures
-arrive, and each key keeps at most its limit of timestamps.
+oldest leaves it. An attempt is reserved before PAM is asked and counts against both keys while PAM thinks
+(seconds, in a thread): otherwise every request already waiting on PAM would have passed a check made
+before any of them failed, and 32 guesses at once would all reach PAM. The reservation then becomes a
+failure, or is given back (a success, or PAM never asked). A success clears the user's failures (not the
+address's: one good account must not launder an address that is guessing others).
+
+Keys: a user name whatever its case (`Alice` and `alice` are one account to PAM and NSS on most sites, and
+must not be two budgets); an IPv4 address, or an IPv6 client's /64 (one host has a whole /64 to choose
+addresses from, so a per-address limit would be no bound). Memory stays bounded: expired keys are swept as
+failures arrive, each key keeps at most its limit of timestamps, and attempts in flight are bounded by the
+requests in flight.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 
 from .config import LoginLimits
 
 SWEEP_EVERY = 1024
+IPV6_CLIENT_PREFIX = 64
+MAX_USER_KEY = 64  # every valid name fits; longer ones share their key by prefix
+
+
+def user_key(user: str) -> str:
+    """The limiter's key for a typed user name: case-insensitive, bounded."""
+    return user[:MAX_USER_KEY].casefold()
+
+
+def address_key(address: str) -> str:
+    """The limiter's key for a client address: IPv4 as it is (IPv4-mapped IPv6 too), IPv6 as its /64."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address  # not an IP address (aiohttp's "unknown"): as it is
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        # int() drops a link-local address's zone: one link's clients are one /64 whatever their interface
+        return str(ipaddress.IPv6Network((int(ip), IPV6_CLIENT_PREFIX), strict=False))
+    return str(ip)
 
 
 class LoginLimiter:
@@ -23,29 +53,58 @@ class LoginLimiter:
         self._clock = clock
         self._by_user: dict[str, deque[float]] = {}
         self._by_address: dict[str, deque[float]] = {}
+        self._in_flight_user: Counter[str] = Counter()
+        self._in_flight_address: Counter[str] = Counter()
         self._since_sweep = 0
 
-    def _wait(self, table: dict[str, deque[float]], key: str, limit: int, now: float) -> float:
+    def _wait(self, table: dict[str, deque[float]], in_flight: Counter[str], key: str, limit: int,
+              now: float) -> float:
         times = table.get(key)
-        if times is None:
+        if times is not None:
+            while times and times[0] <= now - self.limits.window:
+                times.popleft()
+            if not times:
+                del table[key]
+                times = None
+        held: list[float] = [*(times or ()), *[now] * in_flight[key]]
+        if len(held) < limit:
             return 0.0
-        while times and times[0] <= now - self.limits.window:
-            times.popleft()
-        if not times:
-            del table[key]
-            return 0.0
-        return times[0] + self.limits.window - now if len(times) >= limit else 0.0
+        # The first slot to free, if every attempt in flight fails now: the oldest failure's.
+        return held[len(held) - limit] + self.limits.window - now
+
+    def _keys(self, user: str, address: str) -> tuple[str, str]:
+        return user_key(user), address_key(address)
 
     def retry_after(self, user: str, address: str) -> float:
         """Seconds until this user may try again from this address; 0 when it may now."""
         now = self._clock()
+        user, address = self._keys(user, address)
         return max(
-            self._wait(self._by_user, user, self.limits.user_failures, now),
-            self._wait(self._by_address, address, self.limits.address_failures, now),
+            self._wait(self._by_user, self._in_flight_user, user, self.limits.user_failures, now),
+            self._wait(self._by_address, self._in_flight_address, address, self.limits.address_failures, now),
         )
 
+    def reserve(self, user: str, address: str) -> float:
+        """Reserve an attempt: 0 when reserved, and the caller must then end it with exactly one of
+        `failed`, `succeeded` or `released`; otherwise the seconds until one may try, nothing reserved."""
+        wait = self.retry_after(user, address)
+        if wait <= 0:
+            user, address = self._keys(user, address)
+            self._in_flight_user[user] += 1
+            self._in_flight_address[address] += 1
+        return wait
+
+    def _end(self, user: str, address: str) -> None:
+        for in_flight, key in ((self._in_flight_user, user), (self._in_flight_address, address)):
+            in_flight[key] -= 1
+            if in_flight[key] <= 0:
+                del in_flight[key]
+
     def failed(self, user: str, address: str) -> None:
+        """The reserved attempt failed: it is recorded against the user and the address."""
         now = self._clock()
+        user, address = self._keys(user, address)
+        self._end(user, address)
         for table, key, limit in (
             (self._by_user, user, self.limits.user_failures),
             (self._by_address, address, self.limits.address_failures),
@@ -55,8 +114,15 @@ class LoginLimiter:
         if self._since_sweep >= SWEEP_EVERY:
             self._sweep(now)
 
-    def succeeded(self, user: str) -> None:
+    def succeeded(self, user: str, address: str) -> None:
+        """The reserved attempt succeeded: given back, and the user's failures are cleared."""
+        user, address = self._keys(user, address)
+        self._end(user, address)
         self._by_user.pop(user, None)
+
+    def released(self, user: str, address: str) -> None:
+        """The reserved attempt never reached PAM (busy, an error): given back, nothing recorded."""
+        self._end(*self._keys(user, address))
 
     def _sweep(self, now: float) -> None:
         self._since_sweep = 0
@@ -65,4 +131,6 @@ class LoginLimiter:
                 del table[key]
 
     def __len__(self) -> int:
-        return len(self._by_user) + len(self._by_address)
+        """Keys held: failures in the window and attempts in flight."""
+        return (len(self._by_user) + len(self._by_address)
+                + len(self._in_flight_user) + len(self._in_flight_address))

@@ -14,7 +14,8 @@ from typing import Any
 
 # ensure_session as the broker waits for it: a cold start makes an overlay and a target
 SESSION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-LOGIN_RESULTS = ("ok", "failed", "limited")  # failed: unknown user or wrong password; limited: too many failures
+# failed: unknown user or wrong password; limited: too many failures; busy: PAM's queue was full, PAM not asked
+LOGIN_RESULTS = ("ok", "failed", "limited", "busy")
 # the helper's health -> (metric name, help)
 HELPER_GAUGES = {
     "sessions": ("bootbroker_live_sessions", "Live boot sessions (users with an ACL on their target)."),

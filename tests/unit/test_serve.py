@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import signal
 import socket
 import ssl
@@ -17,7 +19,7 @@ import pytest
 
 from broker.cli import main
 from broker.errors import BadRequest, InternalError
-from broker.serve import ThreadedHelper
+from broker.serve import NssAccounts, ThreadedHelper
 
 CONFIG = """
 [store]
@@ -128,3 +130,11 @@ async def test_a_request_the_helper_refuses_is_the_brokers_fault_not_the_worksta
             await helper.published()
     finally:
         helper.close()
+
+
+def test_the_brokers_directory_gives_the_accounts_own_name() -> None:
+    me = pwd.getpwuid(os.getuid()).pw_name
+    accounts = NssAccounts()
+    assert accounts.canonical(me) == me
+    assert accounts.canonical("bootbroker-no-such-user") is None
+    assert accounts.groups_of(me)  # still the groups, as NssDirectory

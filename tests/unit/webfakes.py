@@ -1,10 +1,11 @@
 """Test fakes for the broker's ports, one per failure mode the web layer must handle (after matchbox's
 testfakes): an authenticator with a fixed table, a helper that works, is down, is slow, errs, or answers
-garbage, and a directory of groups."""
+garbage, and a directory of accounts and groups."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from typing import Any
 
 from broker.config import Config, parse
@@ -35,23 +36,35 @@ def broker_config(images: dict[str, Any] | None = None, **broker: Any) -> Config
 
 
 class FakeAuthenticator:
-    def __init__(self, passwords: dict[str, str]) -> None:
-        self.passwords = passwords
+    """A fixed table of passwords; `case_sensitive=False` matches names as pam_sss can (any case)."""
+
+    def __init__(self, passwords: dict[str, str], case_sensitive: bool = True) -> None:
+        self.passwords = passwords if case_sensitive else {u.casefold(): p for u, p in passwords.items()}
+        self.case_sensitive = case_sensitive
         self.calls: list[str] = []
 
     async def authenticate(self, user: str, password: str) -> bool:
         self.calls.append(user)
-        return self.passwords.get(user) == password
+        return self.passwords.get(user if self.case_sensitive else user.casefold()) == password
 
 
 class FakeDirectory:
-    def __init__(self, groups: dict[str, set[str]]) -> None:
+    """Groups per user; `accounts`, when given, are the names NSS knows, found whatever the case asked
+    (as sssd's case_sensitive = false); without them every name is known as it is typed."""
+
+    def __init__(self, groups: dict[str, set[str]], accounts: Iterable[str] | None = None) -> None:
         self.groups = groups
+        self.accounts = None if accounts is None else {name.casefold(): name for name in accounts}
         self.asked: list[str] = []  # whose groups were looked up, in order
+        self.named: list[str] = []  # whose canonical names were looked up, in order
 
     def groups_of(self, user: str) -> frozenset[str]:
         self.asked.append(user)
         return frozenset(self.groups.get(user, set()))
+
+    def canonical(self, user: str) -> str | None:
+        self.named.append(user)
+        return user if self.accounts is None else self.accounts.get(user.casefold())
 
 
 class FakeHelper:
