@@ -35,6 +35,16 @@ PAUSE_MS = 8000  # how long a message stays on screen before the login prompt co
 NOTE_TTL = 120.0  # seconds a failure's message waits for the screen to ask for it
 MAX_NOTES = 4096
 PUBLISHED_TTL = 5.0  # seconds the broker trusts the helper's list of published images (a boot storm asks once)
+MAX_LOGGED = 200  # characters of one request value in a log line
+
+
+def loggable(value: object, limit: int = MAX_LOGGED) -> str:
+    """A value from a request, fit for a log line: at most `limit` characters (then `...`), everything but
+    printable ASCII escaped (no newline, carriage return or terminal escape: a request cannot write a log
+    line of its own), backslashes and double quotes too (an escape in the log is always ours)."""
+    text = str(value)
+    escaped = text[:limit].encode("unicode_escape").decode("ascii").replace('"', '\\"')
+    return escaped + ("..." if len(text) > limit else "")
 
 
 class Authenticator(Protocol):
@@ -244,11 +254,11 @@ class BootFlow:
     async def _authenticate(self, user: str, password: str, address: str) -> None:
         """Ask PAM within the limits; return only if it accepted. The attempt is reserved in the limiter
         before PAM is awaited, so attempts in flight count (issue 15: they all passed a check made first)."""
-        shown = user[:64]  # every valid name fits; the log gets no more
+        shown = loggable(user, 64)  # every valid name fits
         wait = self.limiter.reserve(user, address)
         if wait > 0:
             self.metrics.login("limited")
-            raise TooManyAttempts(f"login of {shown!r} from {address} refused: too many failures", wait)
+            raise TooManyAttempts(f"login of {shown} from {address} refused: too many failures", wait)
         try:
             ok = bool(USER_NAME.fullmatch(user)) and await self.authenticator.authenticate(user, password)
         except Busy:
@@ -263,7 +273,7 @@ class BootFlow:
         if not ok:
             self.limiter.failed(user, address)
             self.metrics.login("failed")
-            raise LoginFailed(f"login of {shown!r} from {address} failed")
+            raise LoginFailed(f"login of {shown} from {address} failed")
         self.limiter.succeeded(user, address)
         self.metrics.login("ok")
 
@@ -291,7 +301,7 @@ class BootFlow:
     async def boot(self, image_name: str, token: str, address: str) -> str:
         """Verify the link, have the helper start a boot session, and answer the image's boot script."""
         if not IMAGE_NAME.fullmatch(image_name) or image_name not in self.config.images:
-            raise UnknownImage(f"no image {image_name[:64]!r}")
+            raise UnknownImage(f"no image {loggable(image_name, 64)}")
         image = self.config.images[image_name]
         grant = self.signer.verify(token, image_name, address)
         groups = await self._groups_of(grant.user, [image])

@@ -27,6 +27,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
+from .boot import loggable
 from .web import HANDLER_LIMITS, AccessLogger
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ class _CappedHandler(RequestHandler):
         else keeps aiohttp's error and traceback."""
         exc = kw.get("exc_info")
         if isinstance(exc, HttpProcessingError):
-            log.info("refused a malformed request from %s: %s", self._admitted, exc.message[:200])
+            log.info("refused a malformed request from %s: %s", self._admitted, loggable(exc.message))
             return
         super().log_exception(*args, **kw)
 

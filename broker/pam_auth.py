@@ -2,7 +2,12 @@
 
 Whatever the site's PAM service does (pam_unix, pam_sss, pam_krb5, ...) decides. PAM calls block, so they
 run in a small thread pool of their own; its size bounds how many PAM conversations run at once, and the
-queue in front of it absorbs a boot storm.
+queue in front of it absorbs a boot storm. The queue is bounded by the wait it means, not by a count: a
+login that would wait longer than `max_wait` for a PAM thread (the conversations ahead of it, drained
+`concurrency` at a time, at the recent conversations' pace) is answered Busy at once, without asking
+PAM. A count cannot tell a storm of good logins (18 ms of hashing each: 500 drain in seconds) from a flood
+of wrong passwords that each hold a thread for pam_unix's 2 s failure delay; the wait can. The bound is
+below iPXE's 120 s: iPXE gives up on an HTTP answer idle that long, and PAM would then work for nobody.
 
 Unprivileged callers and pam_unix: pam_unix reads /etc/shadow itself only when it can; otherwise it asks
 the setgid helper unix_chkpwd, which checks nobody's password but the caller's own. A broker that logs in
@@ -27,10 +32,18 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pam
 
+from .boot import loggable
+from .errors import Busy
+
 log = logging.getLogger(__name__)
 
 MAX_PASSWORD_LENGTH = 512
 NICENESS = 10  # added to the PAM threads' nice value (Linux keeps one per thread)
+MAX_WAIT = 60.0  # seconds a login may expect to wait for PAM; half iPXE's idle timeout (HTTP_WATCHDOG_SECONDS)
+# Seconds a conversation is assumed to take until some are measured: more than a hash, less than
+# pam_unix's failure delay.
+FIRST_ESTIMATE = 1.0
+SMOOTHING = 0.2  # weight of the latest conversation in the running estimate
 
 
 # observe(seconds, cpu_seconds) of each PAM conversation: its time in a PAM thread, and that thread's CPU time
@@ -48,26 +61,41 @@ def _yield_cpu() -> None:
 
 
 class PamAuthenticator:
-    def __init__(self, service: str, concurrency: int, observe: Observer | None = None) -> None:
+    def __init__(self, service: str, concurrency: int, observe: Observer | None = None, max_wait: float = MAX_WAIT,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         self.service = service
         self.observe = observe
+        self.concurrency = concurrency
+        self.max_wait = max_wait
+        self._clock = clock
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="pam", initializer=_yield_cpu)
+        self._waiting = 0  # conversations running or queued
+        self._estimate = FIRST_ESTIMATE  # seconds per conversation, a running average
 
     def _check(self, user: str, password: str) -> tuple[bool, float, float]:
-        started, cpu_started = time.perf_counter(), time.thread_time()
+        started, cpu_started = self._clock(), time.thread_time()
         # One handle per conversation: python-pam's object keeps per-call state and is not thread-safe.
         handle = pam.pam()
         ok = bool(handle.authenticate(user, password, service=self.service, resetcreds=False))
         if not ok:
-            log.info("PAM refused %s: %s", user, handle.reason)
-        return ok, time.perf_counter() - started, time.thread_time() - cpu_started
+            log.info("PAM refused %s: %s", loggable(user), handle.reason)
+        return ok, self._clock() - started, time.thread_time() - cpu_started
 
     async def authenticate(self, user: str, password: str) -> bool:
-        """True when PAM's auth and account stacks of the service accept this user and password."""
+        """True when PAM's auth and account stacks of the service accept this user and password; Busy,
+        without asking PAM, when this conversation would wait longer than `max_wait` for a thread."""
         if not password or len(password) > MAX_PASSWORD_LENGTH or "\0" in password or "\0" in user:
             return False
-        ok, seconds, cpu_seconds = await asyncio.get_running_loop().run_in_executor(
-            self._pool, self._check, user, password)
+        expected = (self._waiting // self.concurrency + 1) * self._estimate
+        if expected > self.max_wait:
+            raise Busy(f"{self._waiting} PAM conversations wait (about {expected:.0f} s): not queued")
+        self._waiting += 1
+        try:
+            ok, seconds, cpu_seconds = await asyncio.get_running_loop().run_in_executor(
+                self._pool, self._check, user, password)
+        finally:
+            self._waiting -= 1
+        self._estimate += SMOOTHING * (seconds - self._estimate)  # in the event loop's thread, like observe
         if self.observe is not None:
             self.observe(seconds, cpu_seconds)  # in the event loop's thread: no lock needed
         return ok

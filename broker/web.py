@@ -25,7 +25,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Handler
 
-from .boot import BootFlow, SessionHelper
+from .boot import BootFlow, SessionHelper, loggable
 from .errors import BadRequest, BrokerError, ErrorCode, InternalError, TooManyAttempts
 from .pam_auth import MAX_PASSWORD_LENGTH
 from .tokens import MAX_TOKEN_LENGTH
@@ -76,16 +76,19 @@ def _address(request: web.Request) -> str:
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The one place errors become answers: status from the code, the screen's message as a script,
-    the detail in the log (never a password or a secret: messages are built without them)."""
+    the detail in the log (never a password or a secret: messages are built without them; request values
+    in them, and the path here, are escaped with `loggable`)."""
     try:
         return await handler(request)
     except web.HTTPException:
         raise
     except BrokerError as e:
         error = e
-        log.warning("%s %s from %s: %s: %s", request.method, request.path, _address(request), e.code, e.message)
+        log.warning("%s %s from %s: %s: %s", loggable(request.method), loggable(request.path), _address(request),
+                    e.code, e.message)
     except Exception:
-        log.exception("%s %s from %s: unexpected failure", request.method, request.path, _address(request))
+        log.exception("%s %s from %s: unexpected failure", loggable(request.method), loggable(request.path),
+                      _address(request))
         error = InternalError("unexpected failure")
     headers = {}
     if error.code is ErrorCode.LOGIN_FAILED:
@@ -191,11 +194,13 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 class AccessLogger(AbstractAccessLogger):
-    """One line per request, without the query string: boot links carry tokens there."""
+    """One line per request, without the query string: boot links carry tokens there; the method and the
+    (percent-decoded) path escaped."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         self.logger.info(
-            '%s "%s %s" %d %.3fs', request.remote, request.method, request.path, response.status, time
+            '%s "%s %s" %d %.3fs', request.remote, loggable(request.method), loggable(request.path),
+            response.status, time,
         )
 
 

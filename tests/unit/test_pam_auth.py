@@ -4,6 +4,7 @@ with real accounts) is proven in tests/lab/test_broker.py."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 import time
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 from broker import pam_auth
+from broker.errors import Busy
 from broker.pam_auth import PamAuthenticator
 
 
@@ -109,3 +111,81 @@ async def test_each_conversation_is_observed_with_its_time_and_cpu_time(monkeypa
     for seconds, cpu, thread in seen:
         assert 0.05 <= cpu < seconds  # the CPU burnt, not the sleep; the time, both
         assert thread == threading.main_thread().name  # reported in the event loop's thread
+
+
+class GatedPam(SlowPam):
+    """Holds each conversation in its PAM thread until the test opens the gate; each takes `seconds` of the
+    authenticator's (fake) clock."""
+
+    gate = threading.Event()
+    now = [0.0]
+    seconds = 1.0
+
+    def authenticate(self, user: str, password: str, service: str, resetcreds: bool) -> bool:
+        with SlowPam.lock:
+            SlowPam.calls.append(user)
+        GatedPam.gate.wait()
+        with SlowPam.lock:
+            GatedPam.now[0] += GatedPam.seconds
+        return password == "right"
+
+
+@pytest.fixture
+def gated_pam(monkeypatch: pytest.MonkeyPatch) -> type[GatedPam]:
+    monkeypatch.setattr(pam_auth.pam, "pam", GatedPam)
+    GatedPam.gate = threading.Event()
+    GatedPam.now = [0.0]
+    GatedPam.seconds = pam_auth.FIRST_ESTIMATE
+    SlowPam.calls = []
+    return GatedPam
+
+
+async def test_a_login_that_would_wait_too_long_for_pam_is_answered_busy_at_once(gated_pam: Any) -> None:
+    """The queue in front of PAM's threads is bounded by the wait it means: 2 threads and conversations of
+    1 s (the estimate before any is measured) drain 20 waiting conversations in 10 s, the bound here."""
+    auth = PamAuthenticator("bootbroker", concurrency=2, max_wait=10.0, clock=lambda: gated_pam.now[0])
+    try:
+        waiting = [asyncio.create_task(auth.authenticate(f"u{i}", "right")) for i in range(20)]
+        refused = asyncio.create_task(auth.authenticate("late", "right"))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert refused.done() and isinstance(refused.exception(), Busy)  # answered while the others wait
+        assert not any(task.done() for task in waiting)
+        gated_pam.gate.set()
+        assert await asyncio.gather(*waiting) == [True] * 20
+        assert "late" not in gated_pam.calls  # PAM was never asked
+        assert await auth.authenticate("again", "right") is True  # the queue drained: admitted again
+    finally:
+        gated_pam.gate.set()  # a failed assertion must not leave PAM threads waiting
+        auth.close()
+
+
+async def test_the_bound_follows_how_long_conversations_take(gated_pam: Any) -> None:
+    gated_pam.gate.set()
+    gated_pam.seconds = 0.1  # a fast stack: ten times as many may wait for the same time
+    auth = PamAuthenticator("bootbroker", concurrency=1, max_wait=10.0, clock=lambda: gated_pam.now[0])
+    try:
+        for i in range(30):
+            assert await auth.authenticate(f"u{i}", "right") is True
+        gated_pam.gate.clear()
+        waiting = [asyncio.create_task(auth.authenticate(f"w{i}", "right")) for i in range(60)]
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert not any(task.done() for task in waiting)  # 60 of 0.1 s: 6 s, within the bound
+        gated_pam.gate.set()
+        assert await asyncio.gather(*waiting) == [True] * 60
+    finally:
+        gated_pam.gate.set()
+        auth.close()
+
+
+async def test_the_user_name_pam_refused_is_escaped_in_the_log(slow_pam: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    auth = PamAuthenticator("bootbroker", concurrency=1)
+    try:
+        assert await auth.authenticate("alice\nFAKE root logged in\x1b[2J", "wrong") is False
+    finally:
+        auth.close()
+    [record] = [r for r in caplog.records if r.name == "broker.pam_auth"]
+    assert "PAM refused alice\\nFAKE root logged in\\x1b[2J" in record.getMessage()
+    assert "\n" not in record.getMessage() and "\x1b" not in record.getMessage()
