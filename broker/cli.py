@@ -167,13 +167,26 @@ def _sessions_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _set_aside_lines(notes: list[str]) -> list[str]:
+    return [f"set aside at start: {note}" for note in notes]
+
+
 def cmd_sessions(args: argparse.Namespace) -> int:
-    _print(args, _client(args).call("sessions"), _sessions_table)
+    client = _client(args)
+    _print(args, client.call("sessions"), _sessions_table)
+    if not args.json:  # what start-up could not use, so nobody takes a missing session for a logged-out one
+        for line in _set_aside_lines(client.call("health").get("set_aside", [])):
+            print(line, file=sys.stderr)
     return EXIT_OK
 
 
+def _health_text(health: dict[str, Any]) -> str:
+    lines = [f"{k:18} {v}" for k, v in health.items() if k != "set_aside"]
+    return "\n".join(lines + (_set_aside_lines(health.get("set_aside", [])) or [f"{'set_aside':18} nothing"]))
+
+
 def cmd_health(args: argparse.Namespace) -> int:
-    _print(args, _client(args).call("health"), lambda h: "\n".join(f"{k:18} {v}" for k, v in h.items()))
+    _print(args, _client(args).call("health"), _health_text)
     return EXIT_OK
 
 

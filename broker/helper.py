@@ -31,7 +31,7 @@ from .faults import crash_point
 from .files import clone_or_copy, sha256_of
 from .lio import Lio, storage_object_name
 from .state import BootSession, SessionBook
-from .store import OverlayMeta, Store
+from .store import DamagedMeta, OverlayMeta, Store
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ class Helper:
         self.lio = lio
         self.book = SessionBook(config.store.sessions_dir)
         self._lock = threading.Lock()
+        self._unusable: list[str] = []  # what start-up could not use besides session records, for `health`
 
     # start-up
 
@@ -90,16 +91,33 @@ class Helper:
             for version in self.store.discard_unfinished(image):
                 log.warning("reconcile: removing %s v%d: its publish was interrupted before it became current",
                             image, version)
+        self._unusable = [e.message for e in self.store.damaged()]
+        for note in self._unusable:
+            log.error("reconcile: %s", note)
         live: dict[str, str] = {}  # target IQN -> initiator of its live session
         for session in self.book.all():
+            if session.image not in self.config.images:
+                self.book.set_aside_session(session, f"image {session.image!r} is no longer in the configuration")
+                continue
             names = self._names(session.image, session.user)
-            meta = self.store.read_meta(self.store.overlay_dir(session.image, names.label))
+            try:
+                meta = self.store.read_meta(self.store.overlay_dir(session.image, names.label))
+            except DamagedMeta as e:
+                self.book.set_aside_session(session, e.message)
+                continue
             if meta is None:
                 log.warning("reconcile: session of %s on %s has no overlay; forgetting it", session.user, session.image)
                 self.book.remove(session.image, session.user)
                 continue
-            self._export(names, meta)
-            self.lio.ensure_acl(names.target, session.initiator, session.chap_user, session.chap_secret)
+            try:
+                self._export(names, meta)
+                self.lio.ensure_acl(names.target, session.initiator, session.chap_user, session.chap_secret)
+            except BrokerError as e:
+                # Kept: the record is retried at the next start; everyone else is served meanwhile.
+                note = f"session of {session.user} on {session.image} not restored: {e.message}"
+                log.error("reconcile: %s", note)
+                self._unusable.append(note)
+                continue
             live[names.target] = session.initiator
         inventory = self.lio.inventory(self.config.iscsi.iqn.prefix)
         for target, initiators in inventory.acls.items():
@@ -108,6 +126,9 @@ class Helper:
                 self.lio.delete_acl(target, initiator)
         wanted = {
             storage_object_name(meta.image, overlay.name) for overlay, meta in self.store.list_overlays()
+        } | {  # a damaged overlay keeps its target: only its metadata is unknown
+            storage_object_name(e.path.parent.parent.name, e.path.parent.name)
+            for e in self.store.damaged() if e.path.parent.parent.parent == self.store.overlays
         }
         for name, kind in inventory.storage_objects.items():
             if name not in wanted:
@@ -495,6 +516,7 @@ class Helper:
             "sessions": len(self.book),
             "overlays": self.store.count_overlays(),
             "backups": self.store.count_backups(),
+            "set_aside": self.book.set_aside + self._unusable,
         }
 
 

@@ -37,6 +37,25 @@ class OverlayMeta:
     version: int
     created: float
 
+    @classmethod
+    def from_json(cls, data: object) -> OverlayMeta:
+        if not isinstance(data, dict) or set(data) != {"user", "image", "version", "created"}:
+            raise ValueError("expected the fields created, image, user, version")
+        user, image, version, created = data["user"], data["image"], data["version"], data["created"]
+        if not (isinstance(user, str) and isinstance(image, str) and isinstance(version, int)
+                and isinstance(created, (int, float)) and not isinstance(version, bool)):
+            raise ValueError("a field has the wrong type")
+        return cls(user, image, version, float(created))
+
+
+class DamagedMeta(Conflict):
+    """An overlay's or backup's meta.json that cannot be read: what it pins and whose it is are unknown."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path} is damaged ({reason[:120]}): the disk next to it is kept as it is; repair the "
+                         "file (fields user, image, version, created) or move the directory out of the store")
+        self.path = path
+
 
 class Store:
     def __init__(self, root: Path) -> None:
@@ -96,6 +115,10 @@ class Store:
                 raise Conflict(f"v{version} is the current version of {image!r}: publish a newer one first, "
                                "or retire the whole image")
         doomed = versions if version is None else [version]
+        damaged = self.damaged(image)
+        if damaged:
+            raise Conflict(f"cannot tell which versions of {image!r} are in use: {damaged[0].path} is damaged; "
+                           "repair it (fields user, image, version, created) or move that directory out of the store")
         pins = self.pins()
         holders = [f"v{v}: {pins[image, v][0]} overlays, {pins[image, v][1]} backups"
                    for v in doomed if (image, v) in pins]
@@ -212,11 +235,19 @@ class Store:
         return self.overlays / image / label
 
     def read_meta(self, overlay: Path) -> OverlayMeta | None:
+        """The overlay's (or backup's) metadata; None when it has none (half-made: not an overlay).
+        Raises DamagedMeta when it cannot be read: its disk is kept, never replaced by a fresh one."""
+        path = overlay / "meta.json"
         try:
-            data = json.loads((overlay / "meta.json").read_text())
+            data = json.loads(path.read_bytes())
         except FileNotFoundError:
             return None
-        return OverlayMeta(**data)
+        except (OSError, ValueError) as e:
+            raise DamagedMeta(path, str(e)) from None
+        try:
+            return OverlayMeta.from_json(data)
+        except ValueError as e:
+            raise DamagedMeta(path, str(e)) from None
 
     def claim_overlay_dir(self, image: str, label: str, user: str) -> Path:
         """The overlay directory for (image, label), refusing one that belongs to another user."""
@@ -277,12 +308,26 @@ class Store:
         return self._with_meta(self.backups.glob("*/*/*"))
 
     def _with_meta(self, directories: Iterable[Path]) -> list[tuple[Path, OverlayMeta]]:
-        """The directories that hold a meta.json (overlays, backups), sorted, each with its metadata."""
+        """The directories that hold a readable meta.json (overlays, backups), sorted, each with its
+        metadata. Damaged ones are left out here; `damaged` lists them."""
         found = []
         for directory in sorted(directories):
-            meta = self.read_meta(directory)
+            try:
+                meta = self.read_meta(directory)
+            except DamagedMeta:
+                continue
             if meta is not None:
                 found.append((directory, meta))
+        return found
+
+    def damaged(self, image: str = "*") -> list[DamagedMeta]:
+        """Every overlay and backup (of `image`) whose meta.json cannot be read."""
+        found = []
+        for directory in sorted([*self.overlays.glob(f"{image}/*"), *self.backups.glob(f"{image}/*/*")]):
+            try:
+                self.read_meta(directory)
+            except DamagedMeta as e:
+                found.append(e)
         return found
 
     def count_overlays(self) -> int:

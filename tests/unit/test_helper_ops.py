@@ -130,3 +130,45 @@ def test_an_admin_makes_an_older_version_current_again(helper: Helper, tmp_path:
     assert restarted(helper).store.versions("demo") == [1, 2]
     with pytest.raises(UnknownImage, match="no version 7"):
         helper.set_current("demo", 7)
+
+
+# One unreadable record does not stop the helper (issue 15, defect 4)
+
+def test_a_session_of_an_image_no_longer_configured_is_set_aside_and_everyone_else_is_served(
+    root: Path, lio: FakeLio, tmp_path: Path,
+) -> None:
+    both = {"demo": {"description": "Demo", "users": ["*"]}, "old": {"description": "Old", "users": ["*"]}}
+    helper = make_helper(root, lio, **both)
+    helper.start()
+    for image in both:
+        helper.publish(image, str(golden(tmp_path, b"\1")))
+    helper.ensure_session("old", "bob")
+    alice = helper.ensure_session("demo", "alice")
+    again = make_helper(root, lio)  # [images.old] removed from the configuration
+    again.start()
+    assert again.book.get("demo", "alice").chap_secret == alice["chap_secret"]  # type: ignore[union-attr]
+    assert lio.targets[TARGET].acls.keys() == {alice["initiator_iqn"]}
+    (note,) = again.health()["set_aside"]
+    assert "old.bob.json" in note and "old" in note
+    assert (root / "overlays" / "old" / "bob" / "disk.img").exists()  # bob's disk is never deleted
+    assert again.ensure_session("demo", "carol")["target_iqn"].endswith(":demo.carol")
+
+
+@pytest.mark.parametrize("damage", [b"{", b'{"user": "bob"}', b'{"user": "bob", "image": "demo", "version": "x", "created": 1}'])
+def test_a_damaged_overlay_is_kept_refused_with_a_reason_and_does_not_stop_start_up(
+    helper: Helper, lio: FakeLio, damage: bytes,
+) -> None:
+    helper.ensure_session("demo", "bob")
+    alice = helper.ensure_session("demo", "alice")
+    meta = helper.store.overlay_dir("demo", "bob") / "meta.json"
+    meta.write_bytes(damage)
+    again = restarted(helper)
+    assert again.book.get("demo", "alice").chap_secret == alice["chap_secret"]  # type: ignore[union-attr]
+    assert any("bob" in note and "meta.json" in note for note in again.health()["set_aside"])
+    with pytest.raises(Conflict, match="meta.json"):
+        again.ensure_session("demo", "bob")  # not a fresh disk over the old one
+    assert meta.read_bytes() == damage and (meta.parent / "disk.img").exists()
+    with pytest.raises(Conflict, match="meta.json"):
+        again.retire("demo", None)  # its golden version is unknown: nothing of demo may go
+    assert [row["user"] for row in again.sessions()] == ["alice"]
+    assert again.images()[0]["versions"][0]["version"] == 1
