@@ -63,6 +63,7 @@ class Helper:
         self.book = SessionBook(config.store.sessions_dir)
         self._lock = threading.Lock()
         self._unusable: list[str] = []  # what start-up could not use besides session records, for `health`
+        self._publishing: set[tuple[str, str]] = set()  # (image, user) whose overlay is being copied
 
     # start-up
 
@@ -210,6 +211,7 @@ class Helper:
         if not may_boot(config, names.user, groups):
             raise NotPermitted(f"{names.user} may not boot {names.image} (see its users and groups)")
         with self._lock:
+            self._check_not_publishing(names)
             meta = self._ensure_overlay(names)
             crash_point("overlay-committed")
             self._export(names, meta)
@@ -350,9 +352,15 @@ class Helper:
                  f"; the overlay it replaced kept as {set_aside.name}" if set_aside else "")
         return {"restored": chosen.name, "backup": set_aside.name if set_aside else None, "dropped_session": dropped}
 
+    def _check_not_publishing(self, names: Names) -> None:
+        if (names.image, names.user) in self._publishing:
+            raise Conflict(f"the overlay of {names.user} on {names.image} is being published as a new version: "
+                           "it cannot be used or changed until that is done; try again in a few minutes")
+
     def _set_aside(self, names: Names) -> tuple[Path, bool]:
         """Drop the live session, the target and the backend's device, and move the overlay to a dated
         backup. Returns the backup and whether a session was dropped. Call with the lock held."""
+        self._check_not_publishing(names)
         overlay = self.store.overlay_dir(names.image, names.label)
         session = self.book.get(names.image, names.user)
         self.lio.delete_target(names.target, names.storage_object, self.backend.backstore)
@@ -372,28 +380,36 @@ class Helper:
 
     def backups(self) -> list[dict[str, Any]]:
         """Every backup in the store: user, image, name (to restore it), golden version, when it was
-        made (the overlay's creation) and bytes used. Reads only."""
-        with self._lock:
-            return [
-                {"user": meta.user, "image": meta.image, "backup": path.name, "version": meta.version,
-                 "created": meta.created, "bytes_used": self.backend.used_bytes(path)}
-                for path, meta in self.store.list_backups()
-            ]
+        made (the overlay's creation) and bytes used. Reads only; takes no lock (it runs while logins wait),
+        so a backup restored meanwhile is left out."""
+        rows = []
+        for path, meta in self.store.list_backups():
+            try:
+                used = self.backend.used_bytes(path)
+            except FileNotFoundError:
+                continue
+            rows.append({"user": meta.user, "image": meta.image, "backup": path.name, "version": meta.version,
+                         "created": meta.created, "bytes_used": used})
+        return rows
 
     def sessions(self) -> list[dict[str, Any]]:
-        """The live boot sessions, without secrets. Reads only."""
-        with self._lock:
-            rows = []
-            for s in self.book.all():
-                overlay = self.store.overlay_dir(s.image, s.label)
-                rows.append({
-                    "user": s.user, "image": s.image, "version": s.version, "since": s.since,
-                    "initiator": s.initiator,
-                    "logged_in": self.lio.logged_in(self.config.iscsi.iqn.target(s.image, s.label), s.initiator),
-                    "overlay_bytes": self.backend.used_bytes(overlay),
-                    "fill_percent": self._check_fill(s.user, s.image, storage_object_name(s.image, s.label)),
-                })
-            return rows
+        """The live boot sessions, without secrets. Reads only; takes no lock (it runs while logins wait):
+        a session that changes meanwhile shows as it was a moment ago."""
+        rows = []
+        for s in self.book.all():
+            overlay = self.store.overlay_dir(s.image, s.label)
+            try:
+                used = self.backend.used_bytes(overlay)
+            except FileNotFoundError:  # reset meanwhile
+                continue
+            rows.append({
+                "user": s.user, "image": s.image, "version": s.version, "since": s.since,
+                "initiator": s.initiator,
+                "logged_in": self.lio.logged_in(self.config.iscsi.iqn.target(s.image, s.label), s.initiator),
+                "overlay_bytes": used,
+                "fill_percent": self._check_fill(s.user, s.image, storage_object_name(s.image, s.label)),
+            })
+        return rows
 
     def publish(self, image: object, source: object) -> dict[str, Any]:
         """Store a file as the next version of an image. Touches: images/<image>/ only. Root only."""
@@ -417,27 +433,38 @@ class Helper:
     def publish_overlay(self, image: object, from_image: object, user: object) -> dict[str, Any]:
         """Publish a user's overlay of `from_image` (their golden version with their changes) as the next
         version of `image`: a teacher prepares a disk, the class gets it. Refused (Conflict) while that
-        user is logged in on it. Touches: images/<image>/ only (a dm-snapshot is attached for the copy if
-        it was not). Root only."""
+        user is logged in on it; a session that is not logged in is ended first (its ACL deleted), so no
+        workstation can reconnect and write during the copy, and the user's logins, resets and restores of
+        that overlay are refused until it is done. The copy (a dm-snapshot is read whole) runs without the
+        lock: everyone else logs in meanwhile. Touches: the user's session, images/<image>/ (a dm-snapshot
+        is attached for the copy if it was not). Root only."""
         image = check_image_name(image)
         if image not in self.config.images:
             raise UnknownImage(f"there is no image {image!r} in the configuration; add [images.{image}] first")
         names = self._names(from_image, user)
         with self._lock:
+            self._check_not_publishing(names)
             overlay = self.store.overlay_dir(names.image, names.label)
             meta = self.store.read_meta(overlay)
             if meta is None:
                 raise NoSuchOverlay(f"{names.user} has no overlay of {names.image}")
             session = self.book.get(names.image, names.user)
-            if session is not None and self.lio.logged_in(names.target, session.initiator):
-                raise Conflict(f"{names.user} is logged in on {names.image}: publish when that workstation is off, "
-                               "or end the session first")
+            if session is not None:
+                if self.lio.logged_in(names.target, session.initiator):
+                    raise Conflict(f"{names.user} is logged in on {names.image}: publish when that workstation is off, "
+                                   "or end the session first")
+                self.lio.delete_acl(names.target, session.initiator)
+                self.book.remove(names.image, names.user)
+                log.info("ended the session of %s on %s to publish the overlay", names.user, names.image)
+            self._publishing.add((names.image, names.user))
+        try:
             golden = self.store.image_file(names.image, meta.version)
-            # under the lock: no login may write to the overlay while it is copied (a reflink clone is
-            # instant; a dm-snapshot is read whole)
             staged = self.store.stage_version(
                 image, lambda destination: self.backend.materialize(golden, overlay, names.storage_object, destination)
             )
+        finally:
+            with self._lock:
+                self._publishing.discard((names.image, names.user))
         version, sha256, immutable = self._commit(image, staged)
         log.info("published %s v%d from the overlay of %s on %s v%d (sha256 %s)", image, version, names.user,
                  names.image, meta.version, sha256)
@@ -460,26 +487,28 @@ class Helper:
 
     def images(self) -> list[dict[str, Any]]:
         """Every configured image: its versions, which one is current, how many overlays and backups were
-        made from each, file size and bytes used. Reads only."""
-        with self._lock:
-            pins = self.store.pins()
-            rows = []
-            for name, image in self.config.images.items():
+        made from each, file size and bytes used. Reads only; takes no lock."""
+        pins = self.store.pins()
+        rows = []
+        for name, image in self.config.images.items():
+            try:
+                current: int | None = self.store.current_version(name)
+            except UnknownImage:
+                current = None
+            versions = []
+            for version in self.store.versions(name):
                 try:
-                    current: int | None = self.store.current_version(name)
-                except UnknownImage:
-                    current = None
-                versions = []
-                for version in self.store.versions(name):
                     st = self.store.image_file(name, version).stat()
-                    overlays, backups = pins.get((name, version), (0, 0))
-                    versions.append({
-                        "version": version, "current": version == current, "published": st.st_mtime,
-                        "sha256": self.store.checksum(name, version),
-                        "size": st.st_size, "bytes_used": st.st_blocks * 512, "overlays": overlays, "backups": backups,
-                    })
-                rows.append({"image": name, "description": image.description, "current": current, "versions": versions})
-            return rows
+                except FileNotFoundError:  # retired meanwhile
+                    continue
+                overlays, backups = pins.get((name, version), (0, 0))
+                versions.append({
+                    "version": version, "current": version == current, "published": st.st_mtime,
+                    "sha256": self.store.checksum(name, version),
+                    "size": st.st_size, "bytes_used": st.st_blocks * 512, "overlays": overlays, "backups": backups,
+                })
+            rows.append({"image": name, "description": image.description, "current": current, "versions": versions})
+        return rows
 
     def retire(self, image: object, version: object) -> dict[str, Any]:
         """Delete one version of an image (`version`), or all of them (None). Refuses the current version

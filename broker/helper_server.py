@@ -2,8 +2,12 @@
 
 Roles come from the peer's credentials as the kernel reports them, checked on every request: root may
 do everything; the broker group may start sessions and read health; the helpdesk group may reset, end
-and list sessions. The operations themselves run in a worker thread so a slow one never stalls others'
-health checks.
+and list sessions.
+
+Operations run in threads of two pools. The read-only ones (`READ_ONLY`) take no lock and have a pool
+of their own, so health checks, menus and listings answer while logins queue for the helper's lock. The
+others share a pool of `max_waiting` threads; when that many are already running or waiting for the lock,
+a further request is refused at once with `busy` ("try again") rather than queued without bound.
 """
 
 from __future__ import annotations
@@ -16,13 +20,14 @@ import pwd
 import socket
 import stat
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Flag, auto
 from pathlib import Path
 
 from . import faults
 from .config import HelperConfig
-from .errors import BadRequest, BrokerError, ConfigError, InternalError, NotPermitted
+from .errors import BadRequest, BrokerError, Busy, ConfigError, InternalError, NotPermitted
 from .helper import Helper, run_operation
 from .protocol import MAX_MESSAGE_BYTES, decode_request, encode_error, encode_result
 
@@ -30,6 +35,9 @@ log = logging.getLogger(__name__)
 
 IDLE_TIMEOUT = 30.0  # a peer that connects and never speaks is dropped after this
 BACKLOG = 1024  # connections waiting to be accepted (asyncio's default of 100 is short for a boot storm)
+MAX_WAITING = 64  # changing operations running or waiting for the lock at once; more are answered `busy`
+READ_ONLY = frozenset({"health", "published", "sessions", "backups", "images"})  # take no lock
+READERS = 4
 
 
 class Role(Flag):
@@ -129,11 +137,18 @@ def grant_group_access(path: Path, gid: int) -> None:
 
 
 class HelperServer:
-    def __init__(self, helper: Helper, config: HelperConfig, groups: Groups, idle_timeout: float = IDLE_TIMEOUT) -> None:
+    def __init__(
+        self, helper: Helper, config: HelperConfig, groups: Groups, idle_timeout: float = IDLE_TIMEOUT,
+        max_waiting: int = MAX_WAITING,
+    ) -> None:
         self.helper = helper
         self.config = config
         self.groups = groups
         self.idle_timeout = idle_timeout
+        self.max_waiting = max_waiting
+        self._readers = ThreadPoolExecutor(READERS, thread_name_prefix="helper-read")
+        self._workers = ThreadPoolExecutor(max_waiting, thread_name_prefix="helper-work")
+        self._waiting = 0  # changed only in the event loop's thread
 
     async def serve(self) -> asyncio.AbstractServer:
         path = self.config.socket
@@ -181,7 +196,7 @@ class HelperServer:
             request = decode_request(line)
             if not PERMISSIONS[request.op] & peer.roles:
                 raise NotPermitted(f"uid {peer.uid} may not {request.op}")
-            result = await asyncio.to_thread(run_operation, self.helper, request.op, request.args)
+            result = await self._run(request.op, request.args)
         except BrokerError as e:
             log.info("refused a request from uid %d pid %d: %s: %s", peer.uid, peer.pid, e.code.value, e.message)
             return encode_error(e)
@@ -189,6 +204,19 @@ class HelperServer:
             log.exception("operation failed unexpectedly (uid %d pid %d)", peer.uid, peer.pid)
             return encode_error(InternalError("internal error in the helper; see its log"))
         return encode_result(result)
+
+
+    async def _run(self, op: str, args: dict[str, object]) -> object:
+        loop = asyncio.get_running_loop()
+        if op in READ_ONLY:
+            return await loop.run_in_executor(self._readers, run_operation, self.helper, op, args)
+        if self._waiting >= self.max_waiting:
+            raise Busy(f"the helper has {self._waiting} requests running or waiting; try again in a moment")
+        self._waiting += 1
+        try:
+            return await loop.run_in_executor(self._workers, run_operation, self.helper, op, args)
+        finally:
+            self._waiting -= 1
 
 
 async def run_helper(helper: Helper, config: HelperConfig) -> None:

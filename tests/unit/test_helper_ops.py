@@ -5,6 +5,7 @@ start-up keeps and sets aside. The lab tests prove the same operations against t
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -172,3 +173,49 @@ def test_a_damaged_overlay_is_kept_refused_with_a_reason_and_does_not_stop_start
         again.retire("demo", None)  # its golden version is unknown: nothing of demo may go
     assert [row["user"] for row in again.sessions()] == ["alice"]
     assert again.images()[0]["versions"][0]["version"] == 1
+
+
+# Nothing read-only waits for the lock; nothing slow holds it (issue 15, defect 5)
+
+def test_listings_answer_while_the_lock_is_held(helper: Helper) -> None:
+    helper.ensure_session("demo", "alice")
+    helper.reset("demo", "alice")
+    helper.ensure_session("demo", "alice")
+    answers: dict[str, object] = {}
+
+    def list_all() -> None:
+        for op in ("sessions", "backups", "images", "health", "published"):
+            answers[op] = getattr(helper, op)()
+
+    with helper._lock:  # a long operation, or a queue of logins, holds it
+        reader = threading.Thread(target=list_all)
+        reader.start()
+        reader.join(20)
+        assert not reader.is_alive(), "a read-only operation waited for the lock"
+    assert [row["user"] for row in answers["sessions"]] == ["alice"]  # type: ignore[attr-defined]
+    assert len(answers["backups"]) == 1  # type: ignore[arg-type]
+
+
+def test_publishing_a_users_disk_ends_their_session_first_and_copies_without_the_lock(
+    helper: Helper, lio: FakeLio, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    grant = helper.ensure_session("demo", "alice")  # a session, but its workstation is off
+    seen: dict[str, object] = {}
+    materialize = helper.backend.materialize
+
+    def copying(golden: Path, overlay: Path, name: str, destination: Path) -> None:
+        seen["lock_free"] = helper._lock.acquire(blocking=False)
+        seen["acls"] = set(lio.targets[TARGET].acls)
+        if not seen["lock_free"]:
+            return  # copied under the lock: the logins below would wait for it forever
+        helper._lock.release()
+        with pytest.raises(Conflict, match="being published"):
+            helper.ensure_session("demo", "alice")  # her disk must not change while it is copied
+        seen["bob"] = helper.ensure_session("demo", "bob")["target_iqn"]  # everyone else logs in meanwhile
+        materialize(golden, overlay, name, destination)
+
+    monkeypatch.setattr(helper.backend, "materialize", copying)
+    assert helper.publish_overlay("demo", "demo", "alice")["version"] == 2
+    assert seen == {"lock_free": True, "acls": set(), "bob": "iqn.2026-11.org.example.lab:demo.bob"}
+    assert helper.book.get("demo", "alice") is None and grant["initiator_iqn"] not in lio.targets[TARGET].acls
+    assert helper.ensure_session("demo", "alice")["target_iqn"] == TARGET  # and afterwards she boots again

@@ -8,13 +8,16 @@ import asyncio
 import socket
 import json
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from broker.config import HelperConfig
-from broker.errors import HelperUnavailable, NoSuchSession
+from broker.errors import Busy, HelperUnavailable, NoSuchSession
 from broker.helper_client import HelperClient
 from broker.helper_server import PERMISSIONS, Groups, HelperServer, Peer, Role
 from broker.protocol import MAX_MESSAGE_BYTES, OPERATIONS, encode_request
@@ -191,3 +194,43 @@ def test_a_helper_too_busy_to_take_a_connection_is_reported_clearly(socket_path:
         finally:
             for conn in waiting:
                 conn.close()
+
+
+class Contended(Operations):
+    """ensure_session waits for a gate, as logins wait for the helper's lock behind a slow one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.inside = threading.Semaphore(0)
+
+    def ensure_session(self, image: str, user: str) -> dict[str, Any]:
+        self.inside.release()
+        self.gate.wait()
+        return super().ensure_session(image, user)
+
+
+async def test_read_only_operations_answer_while_logins_wait_and_too_many_waiting_are_told_busy(socket_path: Path) -> None:
+    operations = Contended()
+    server = HelperServer(operations, HelperConfig(socket_path, "root", "root"), Groups(os.getgid(), os.getgid()),  # type: ignore[arg-type]
+                          max_waiting=8)
+    async with await server.serve():
+        client = HelperClient(socket_path, timeout=30)
+        pool = ThreadPoolExecutor(max_workers=48)
+        loop = asyncio.get_running_loop()
+        logins = [loop.run_in_executor(pool, partial(client.call, "ensure_session", image="demo", user=f"u{i}"))
+                  for i in range(40)]
+        try:
+            for _ in range(8):  # the bounded number of logins is waiting at the gate
+                assert await loop.run_in_executor(pool, operations.inside.acquire, True, 30)
+            # Everything read-only answers meanwhile; it would wait behind the gate if it shared the logins' threads.
+            for op in ("health", "published", "sessions", "backups", "images"):
+                await asyncio.wait_for(loop.run_in_executor(pool, partial(client.call, op)), 20)
+        finally:
+            operations.gate.set()
+        results = await asyncio.gather(*logins, return_exceptions=True)
+        pool.shutdown()
+    busy = [r for r in results if isinstance(r, Busy)]
+    served = [r for r in results if isinstance(r, dict)]
+    assert len(busy) == 32 and len(served) == 8, results
+    assert "try again" in busy[0].message
