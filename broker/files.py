@@ -10,6 +10,7 @@ import hashlib
 import os
 import secrets
 import shutil
+import stat
 import struct
 from pathlib import Path
 
@@ -62,6 +63,21 @@ def remove_durably(path: Path) -> None:
     except FileNotFoundError:
         return
     sync_directory(path.parent)
+
+
+def others_can_write(directory: Path, ancestors: bool = True) -> str | None:
+    """Why a directory the helper (root) works in is unsafe, or None: it, or a directory above it, is not
+    root's or can be written by a group or others (a sticky directory above it, such as /tmp, is fine:
+    nobody can rename root's entries in it). Whoever can write there could swap an entry for a link
+    between root's check and its use: a socket for /etc/shadow, a disk image for a device."""
+    resolved = directory.resolve()
+    for path in [resolved, *(resolved.parents if ancestors else [])]:
+        st = os.stat(path)
+        sticky = bool(st.st_mode & stat.S_ISVTX)
+        if st.st_uid != 0 or (st.st_mode & 0o022 and not (sticky and path != resolved)):
+            return (f"{path} is writable by others (owner uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o}): "
+                    f"make it root's and not group- or world-writable (chown root {path}; chmod go-w {path})")
+    return None
 
 
 def sync_directory(path: Path) -> None:

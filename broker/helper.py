@@ -71,8 +71,11 @@ class Helper:
         """Prove the store, backend and LIO work, then reconcile. Raises BrokerError saying what to fix."""
         try:
             self.store.prepare()
+            problem = self.store.unsafe_directory()
         except OSError as e:
             raise BackendFailure(str(e)) from None
+        if problem:
+            raise BackendFailure(f"[store] path: {problem}")
         self.backend.probe(self.store.tmp)
         self.lio.check()
         with self._lock:

@@ -28,6 +28,7 @@ from pathlib import Path
 from . import faults
 from .config import HelperConfig
 from .errors import BadRequest, BrokerError, Busy, ConfigError, InternalError, NotPermitted
+from .files import others_can_write
 from .helper import Helper, run_operation
 from .protocol import MAX_MESSAGE_BYTES, decode_request, encode_error, encode_result
 
@@ -153,6 +154,9 @@ class HelperServer:
     async def serve(self) -> asyncio.AbstractServer:
         path = self.config.socket
         path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        problem = others_can_write(path.parent)
+        if problem:
+            raise BadRequest(f"[helper] socket: {problem}")
         if path.exists() or path.is_symlink():
             if not stat.S_ISSOCK(path.lstat().st_mode):
                 raise BadRequest(f"[helper] socket: {path} exists and is not a socket; remove it")
@@ -165,11 +169,29 @@ class HelperServer:
             )
         finally:
             os.umask(old_umask)
-        os.chown(path, 0, self.groups.broker)
-        os.chmod(path, 0o660)
-        grant_group_access(path, self.groups.helpdesk)
+        try:
+            self._open_to_groups(path)
+        except BaseException:
+            server.close()
+            raise
         log.info("helper listening on %s", path)
         return server
+
+    def _open_to_groups(self, path: Path) -> None:
+        """Give the socket its group, mode and helpdesk ACL through a descriptor of the node itself, opened
+        without following links and checked to be a socket: root never changes what a link points to. (The
+        directory is root's alone, checked above, so nobody else can have put another socket there.)"""
+        node = os.open(path, os.O_PATH | os.O_NOFOLLOW)
+        try:
+            if not stat.S_ISSOCK(os.fstat(node).st_mode):
+                raise BadRequest(f"[helper] socket: {path} is not the socket the helper made; it was replaced")
+            # An O_PATH descriptor takes no fchown/fchmod; its /proc name reaches the same inode, never a link.
+            through = f"/proc/self/fd/{node}"
+            os.chown(through, 0, self.groups.broker)
+            os.chmod(through, 0o660)
+            grant_group_access(Path(through), self.groups.helpdesk)
+        finally:
+            os.close(node)
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = identify(writer.get_extra_info("socket"), self.groups)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .errors import BadIdentifier, Conflict, UnknownImage
 from .faults import crash_point
-from .files import clone_or_copy, remove_durably, rename_durably, set_immutable, sha256_of, write_atomically
+from .files import clone_or_copy, others_can_write, remove_durably, rename_durably, set_immutable, sha256_of, write_atomically
 from .identifiers import check_version
 
 
@@ -71,6 +71,17 @@ class Store:
             raise FileNotFoundError(f"store path {self.root} does not exist; create it (btrfs or XFS for the reflink backend)")
         for d in (self.images, self.overlays, self.backups, self.tmp):
             d.mkdir(mode=0o700, exist_ok=True)
+
+    def unsafe_directory(self) -> str | None:
+        """Why the store cannot be trusted, or None: the root (and every directory above it) and each
+        directory of the layout down to the overlays must be root's alone (see files.others_can_write)."""
+        problem = others_can_write(self.root)
+        for directory in [*self.root.glob("*"), *self.root.glob("*/*"), *self.root.glob("*/*/*")]:
+            if problem:
+                break
+            if directory.is_dir() and not directory.is_symlink():
+                problem = others_can_write(directory, ancestors=False)
+        return problem
 
     # golden images
 

@@ -5,6 +5,7 @@ start-up keeps and sets aside. The lab tests prove the same operations against t
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -219,3 +220,15 @@ def test_publishing_a_users_disk_ends_their_session_first_and_copies_without_the
     assert seen == {"lock_free": True, "acls": set(), "bob": "iqn.2026-11.org.example.lab:demo.bob"}
     assert helper.book.get("demo", "alice") is None and grant["initiator_iqn"] not in lio.targets[TARGET].acls
     assert helper.ensure_session("demo", "alice")["target_iqn"] == TARGET  # and afterwards she boots again
+
+
+@pytest.mark.parametrize("where", [".", "overlays", "sessions", "overlays/demo", "images/demo"])
+def test_the_helper_refuses_to_start_on_a_store_directory_others_can_write(helper: Helper, root: Path, where: str) -> None:
+    helper.ensure_session("demo", "alice")
+    (root / where).chmod(0o777)
+    with pytest.raises(BackendFailure, match=f"{root / where if where != '.' else root} is writable by others"):
+        restarted(helper)
+    (root / where).chmod(0o700)
+    os.chown(root / where, 1000, 1000)
+    with pytest.raises(BackendFailure, match="owner uid 1000"):
+        restarted(helper)

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from broker.config import HelperConfig
-from broker.errors import Busy, HelperUnavailable, NoSuchSession
+from broker.errors import BadRequest, Busy, HelperUnavailable, NoSuchSession
 from broker.helper_client import HelperClient
 from broker.helper_server import PERMISSIONS, Groups, HelperServer, Peer, Role
 from broker.protocol import MAX_MESSAGE_BYTES, OPERATIONS, encode_request
@@ -234,3 +234,36 @@ async def test_read_only_operations_answer_while_logins_wait_and_too_many_waitin
     served = [r for r in results if isinstance(r, dict)]
     assert len(busy) == 32 and len(served) == 8, results
     assert "try again" in busy[0].message
+
+
+# Root never follows a link it did not make, nor trusts a directory others can write (issue 15, defect 6)
+
+@pytest.mark.parametrize("mode, owner", [(0o777, 0), (0o775, 0), (0o755, 1000)])
+async def test_a_socket_directory_others_can_write_is_refused(tmp_path: Path, mode: int, owner: int) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    os.chown(run, owner, 0)
+    run.chmod(mode)
+    with pytest.raises(BadRequest, match="writable by others"):
+        await _serve(run / "helper.sock", Operations())
+    assert not (run / "helper.sock").exists()
+
+
+async def test_a_socket_swapped_for_a_link_after_bind_is_refused_and_its_target_untouched(
+    socket_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    victim = tmp_path / "shadow"
+    victim.write_text("root's secret\n")
+    victim.chmod(0o600)
+    bind = asyncio.start_unix_server
+
+    async def swapped(*args: Any, **kwargs: Any) -> asyncio.AbstractServer:
+        server = await bind(*args, **kwargs)
+        socket_path.unlink()
+        socket_path.symlink_to(victim)  # what a writer of the directory could do between bind and chmod
+        return server
+
+    monkeypatch.setattr(asyncio, "start_unix_server", swapped)
+    with pytest.raises(BadRequest, match="not the socket"):
+        await _serve(socket_path, Operations())
+    assert (victim.stat().st_mode & 0o777, victim.stat().st_gid) == (0o600, 0)
