@@ -92,27 +92,69 @@ def clone(source: Path, destination: Path) -> None:
     """Reflink `source` to the new file `destination` (btrfs, XFS with reflink=1; same filesystem);
     nothing is left behind on failure. Raises StoreFull on ENOSPC, OSError when cloning is not possible."""
     with open(source, "rb") as src:
-        fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            fcntl.ioctl(fd, FICLONE, src.fileno())
-            os.fsync(fd)
-        except OSError as e:
-            os.unlink(destination)
-            if e.errno == errno.ENOSPC:
-                raise StoreFull("the store is full") from None
-            raise
-        finally:
-            os.close(fd)
+        clone_from(src.fileno(), destination)
+
+
+def clone_from(source: int, destination: Path) -> None:
+    """`clone`, from an open descriptor."""
+    fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fcntl.ioctl(fd, FICLONE, source)
+        os.fsync(fd)
+    except OSError as e:
+        os.unlink(destination)
+        if e.errno == errno.ENOSPC:
+            raise StoreFull("the store is full") from None
+        raise
+    finally:
+        os.close(fd)
 
 
 def clone_or_copy(source: Path, destination: Path) -> None:
-    """A reflink clone where the filesystem can (instant, shares the blocks), else a full copy."""
+    """A reflink clone where the filesystem can (instant, shares the blocks), else a copy that keeps holes."""
+    with open(source, "rb") as src:
+        clone_or_copy_from(src.fileno(), destination)
+
+
+def clone_or_copy_from(source: int, destination: Path) -> None:
+    """`clone_or_copy`, from an open descriptor: what is copied is the file that was opened and checked,
+    whatever its name points to by now."""
     try:
-        clone(source, destination)
+        clone_from(source, destination)
     except StoreFull:
         raise
     except OSError:  # another filesystem, or no reflink here
-        shutil.copyfile(source, destination)
+        _copy_data_from(source, destination)
+
+
+def _copy_data_from(source: int, destination: Path) -> None:
+    """Copy the file's data extents (SEEK_DATA/SEEK_HOLE) into the new file `destination`, leaving its holes
+    holes: a 20 GiB disk with 3 GiB written copies 3 GiB and takes 3 GiB. Removed again on failure."""
+    size = os.fstat(source).st_size
+    fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        at = 0
+        while at < size:
+            try:
+                data = os.lseek(source, at, os.SEEK_DATA)
+            except OSError as e:
+                if e.errno != errno.ENXIO:  # ENXIO: only a hole is left
+                    raise
+                break
+            end = os.lseek(source, data, os.SEEK_HOLE)
+            while data < end:
+                copied = os.copy_file_range(source, fd, min(end - data, 1 << 30), data, data)
+                if copied == 0:
+                    raise OSError(errno.EIO, f"the source ended at byte {data} of {size}")
+                data += copied
+            at = end
+        os.ftruncate(fd, size)
+        os.fsync(fd)
+    except BaseException:
+        os.unlink(destination)
+        raise
+    finally:
+        os.close(fd)
 
 
 def copy_sparse(source: Path, destination: Path, size: int) -> None:

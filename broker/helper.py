@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import shutil
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -28,7 +30,7 @@ from .identifiers import (
     check_backup_name, check_image_name, check_user_name, check_version, new_chap_secret, user_label,
 )
 from .faults import crash_point
-from .files import clone_or_copy, sha256_of
+from .files import clone_or_copy_from, sha256_of
 from .lio import Lio, storage_object_name
 from .state import BootSession, SessionBook
 from .store import DamagedMeta, OverlayMeta, Store
@@ -421,12 +423,22 @@ class Helper:
             raise UnknownImage(f"there is no image {image!r} in the configuration; add [images.{image}] first")
         if not isinstance(source, str) or not source.startswith("/") or "\0" in source:
             raise BadIdentifier("source must be an absolute path")
-        path = Path(source)
-        if not path.is_file():
-            raise BadIdentifier(f"{source} is not a regular file")
-        # The copy and the checksum, which take long for a big image, happen before taking the lock:
-        # logins go on meanwhile. Only numbering and renaming the version is done under it.
-        staged = self.store.stage_version(image, lambda tmp: clone_or_copy(path, tmp))
+        # Opened once, without following a link, and checked by its descriptor: the file copied is the one
+        # checked, whatever the name points to by the time the copy starts.
+        try:
+            fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise BadIdentifier(f"{source} is a symbolic link: give the image file itself") from None
+            raise BadIdentifier(f"cannot open {source}: {e.strerror}") from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise BadIdentifier(f"{source} is not a regular file")
+            # The copy and the checksum, which take long for a big image, happen before taking the lock:
+            # logins go on meanwhile. Only numbering and renaming the version is done under it.
+            staged = self.store.stage_version(image, lambda tmp: clone_or_copy_from(fd, tmp))
+        finally:
+            os.close(fd)
         crash_point("publish-staged")
         version, sha256, immutable = self._commit(image, staged)
         log.info("published %s v%d from %s (sha256 %s)%s", image, version, source, sha256,

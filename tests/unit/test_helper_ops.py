@@ -9,11 +9,12 @@ import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from broker import store as store_module
-from broker.errors import BackendFailure, BrokerError, Conflict, UnknownImage
+from broker.errors import BackendFailure, BadIdentifier, BrokerError, Conflict, UnknownImage
 from broker.files import set_immutable
 from broker.helper import Helper
 
@@ -232,3 +233,48 @@ def test_the_helper_refuses_to_start_on_a_store_directory_others_can_write(helpe
     os.chown(root / where, 1000, 1000)
     with pytest.raises(BackendFailure, match="owner uid 1000"):
         restarted(helper)
+
+
+# Publish reads the file it checked (issue 15, defect 10)
+
+def test_publish_refuses_a_link_and_what_is_not_a_regular_file(helper: Helper, tmp_path: Path) -> None:
+    real = golden(tmp_path, b"\2")
+    link = tmp_path / "link.img"
+    link.symlink_to(real)
+    with pytest.raises(BadIdentifier, match="symbolic link"):
+        helper.publish("demo", str(link))
+    fifo = tmp_path / "fifo.img"
+    os.mkfifo(fifo)
+    with pytest.raises(BadIdentifier, match="not a regular file"):
+        helper.publish("demo", str(fifo))
+    assert helper.store.versions("demo") == [1]
+
+
+def test_publish_copies_from_the_file_it_opened_even_if_the_name_is_swapped_meanwhile(
+    helper: Helper, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    source = golden(tmp_path, b"\2")
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"\7" * 4096)
+    stage = helper.store.stage_version
+
+    def swapped_then_staged(image: str, fill: Any) -> Path:
+        source.unlink()
+        source.symlink_to(secret)  # swapped between the check and the copy
+        return stage(image, fill)
+
+    monkeypatch.setattr(helper.store, "stage_version", swapped_then_staged)
+    helper.publish("demo", str(source))
+    assert helper.store.image_file("demo", 2).read_bytes() == b"\2" * 4096
+
+
+def test_publish_keeps_the_holes_of_a_sparse_image(helper: Helper, tmp_path: Path) -> None:
+    sparse = tmp_path / "sparse.img"
+    with open(sparse, "wb") as f:
+        f.write(b"\3" * 4096)
+        f.truncate(64 << 20)
+    helper.publish("demo", str(sparse))
+    version = helper.store.image_file("demo", 2)
+    assert version.stat().st_size == 64 << 20 and version.stat().st_blocks * 512 < 1 << 20
+    with open(version, "rb") as f:
+        assert f.read(4096) == b"\3" * 4096 and f.read(4096) == bytes(4096)
