@@ -235,6 +235,7 @@ class BootFlow:
             raise NotPermitted(f"{user} logged in but may boot no image")
         log.info("login of %s%s from %s: %d image(s)", user, "" if typed == user else f" (typed {typed})",
                  address, len(images))
+        nonce = self.signer.new_nonce()  # one per menu: its links are spent together
         return self.renderer.render(MENU, {
             "user": user,
             "ttl": self.signer.ttl,
@@ -243,7 +244,8 @@ class BootFlow:
                 {
                     "key": f"image-{image.name}",
                     "description": image.description,
-                    "url": self.url(f"/boot/{image.name}.ipxe?token={self.signer.issue(user, image.name, address)}"),
+                    "url": self.url(
+                        f"/boot/{image.name}.ipxe?token={self.signer.issue(user, image.name, address, nonce)}"),
                 }
                 for image in images
             ],
@@ -303,7 +305,7 @@ class BootFlow:
         if not IMAGE_NAME.fullmatch(image_name) or image_name not in self.config.images:
             raise UnknownImage(f"no image {loggable(image_name, 64)}")
         image = self.config.images[image_name]
-        grant = self.signer.verify(token, image_name, address)
+        grant = self.signer.redeem(token, image_name, address)  # before any await: a replay cannot race it
         groups = await self._groups_of(grant.user, [image])
         if not permitted_images({image.name: image}, grant.user, groups):
             raise NotPermitted(f"{grant.user} may not boot {image.name}")

@@ -4,12 +4,19 @@ After a successful login the menu's links carry a token that names the user and 
 `token_ttl` seconds, and is bound (through its MAC, not its text) to the client address that logged in.
 Choosing an image sends the token instead of the password again. The key is random per broker process:
 a restart only makes the menus on screen expire, which their users see as "log in again".
+
+A link works once (issue 15: a replay within the TTL dropped the live session and handed out new CHAP
+credentials). The links of one login's menu share a random nonce, spent at the first use of any of them
+(one login boots one disk), before the helper is asked, so two requests at once cannot both pass; a
+failed boot does not give it back, since every failure sends the person to the login prompt anyway. Spent
+nonces are remembered until their links expire, and no longer: memory follows the links still alive.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import heapq
 import hmac
 import json
 import re
@@ -23,14 +30,18 @@ from .identifiers import check_image_name, check_user_name
 
 MAX_TOKEN_LENGTH = 512
 TOKEN = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+NONCE_BYTES = 12
+NONCE = re.compile(r"[A-Za-z0-9_-]{16}")  # NONCE_BYTES in base64url
 
 
 @dataclass(frozen=True)
 class BootGrant:
-    """What a verified token allows: this user may boot this image."""
+    """What a verified token allows: this user may boot this image (once: `nonce`, until `expiry`)."""
 
     user: str
     image: str
+    nonce: str
+    expiry: int
 
 
 def _b64(data: bytes) -> str:
@@ -42,16 +53,26 @@ def _unb64(text: str) -> bytes:
 
 
 class TokenSigner:
-    def __init__(self, ttl: int, key: bytes | None = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, ttl: int, key: bytes | None = None, clock: Callable[[], float] = time.time,
+                 nonces: Callable[[], str] = lambda: secrets.token_urlsafe(NONCE_BYTES)) -> None:
         self.ttl = ttl
         self._key = key if key is not None else secrets.token_bytes(32)
         self._clock = clock
+        self._nonces = nonces
+        self._spent: set[str] = set()
+        self._expiries: list[tuple[int, str]] = []  # a heap: the spent nonces by their links' expiry
+
+    def new_nonce(self) -> str:
+        """A nonce for one login's links: they are spent together."""
+        return self._nonces()
 
     def _mac(self, payload: str, address: str) -> bytes:
         return hmac.new(self._key, f"{payload}\n{address}".encode(), hashlib.sha256).digest()
 
-    def issue(self, user: str, image: str, address: str) -> str:
-        payload = _b64(json.dumps({"u": user, "i": image, "e": int(self._clock()) + self.ttl}).encode())
+    def issue(self, user: str, image: str, address: str, nonce: str | None = None) -> str:
+        """A link's token; links issued with one `nonce` are spent together (a fresh one by default)."""
+        claims = {"u": user, "i": image, "e": int(self._clock()) + self.ttl, "n": nonce or self.new_nonce()}
+        payload = _b64(json.dumps(claims).encode())
         return f"{payload}.{_b64(self._mac(payload, address))}"
 
     def verify(self, token: str, image: str, address: str) -> BootGrant:
@@ -64,13 +85,31 @@ class TokenSigner:
             if len(token) > MAX_TOKEN_LENGTH or not TOKEN.fullmatch(token) or not hmac.compare_digest(mac, _b64(self._mac(payload, address))):
                 raise ValueError("signature")
             claims = json.loads(_unb64(payload))
-            user, claimed_image, expiry = claims["u"], claims["i"], claims["e"]
+            user, claimed_image, expiry, nonce = claims["u"], claims["i"], claims["e"], claims["n"]
             check_user_name(user)
             check_image_name(claimed_image)
+            if not isinstance(nonce, str) or not NONCE.fullmatch(nonce):
+                raise ValueError("nonce")
         except (ValueError, KeyError, TypeError) as e:  # binascii.Error is a ValueError
             raise LoginExpired(f"boot link does not verify ({type(e).__name__})") from None
         if claimed_image != image:
             raise LoginExpired("boot link is for another image")
         if not isinstance(expiry, int) or self._clock() > expiry:
             raise LoginExpired(f"boot link of {user} expired")
-        return BootGrant(user, claimed_image)
+        return BootGrant(user, claimed_image, nonce, expiry)
+
+    def redeem(self, token: str, image: str, address: str) -> BootGrant:
+        """`verify`, and spend the link with the rest of its menu; LoginExpired if it was already used."""
+        grant = self.verify(token, image, address)
+        now = self._clock()
+        while self._expiries and self._expiries[0][0] < now:
+            self._spent.discard(heapq.heappop(self._expiries)[1])
+        if grant.nonce in self._spent:
+            raise LoginExpired(f"boot link of {grant.user} already used")
+        self._spent.add(grant.nonce)
+        heapq.heappush(self._expiries, (grant.expiry, grant.nonce))
+        return grant
+
+    def spent(self) -> int:
+        """How many spent nonces are remembered."""
+        return len(self._spent)

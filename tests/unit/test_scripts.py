@@ -34,7 +34,7 @@ def check_golden(name: str, text: str) -> None:
 def flow() -> BootFlow:
     config = broker_config()
     assert config.broker is not None
-    signer = TokenSigner(300, key=b"k" * 32, clock=lambda: 1_800_000_000.0)
+    signer = TokenSigner(300, key=b"k" * 32, clock=lambda: 1_800_000_000.0, nonces=lambda: "N0nceN0nceN0nce0")
     return BootFlow(
         config, config.broker, FakeAuthenticator({"alice": "pw"}), FakeHelper(), FakeDirectory({}), ScriptRenderer(),
         signer, LoginLimiter(config.broker.limits),

@@ -51,3 +51,35 @@ def test_another_spelling_of_the_same_mac_is_refused() -> None:
     assert forged != token
     with pytest.raises(LoginExpired):
         signer.verify(forged, "demo", "192.0.2.7")
+
+
+def test_a_link_is_redeemed_once_and_its_menus_other_links_with_it() -> None:
+    signer = TokenSigner(60)
+    nonce = signer.new_nonce()
+    demo, linux = (signer.issue("alice", image, "a", nonce=nonce) for image in ("demo", "linux"))
+    assert signer.redeem(demo, "demo", "a").user == "alice"
+    with pytest.raises(LoginExpired, match="already used"):
+        signer.redeem(demo, "demo", "a")
+    with pytest.raises(LoginExpired, match="already used"):
+        signer.redeem(linux, "linux", "a")  # the same login's menu: one boot per login
+    other = signer.issue("alice", "demo", "a")  # another login: its own nonce
+    assert signer.redeem(other, "demo", "a").user == "alice"
+
+
+def test_a_refused_link_is_not_spent() -> None:
+    signer = TokenSigner(60)
+    token = signer.issue("alice", "demo", "a")
+    with pytest.raises(LoginExpired):
+        signer.redeem(token, "demo", "b")  # from another address: refused, and not spent for its owner
+    assert signer.redeem(token, "demo", "a").user == "alice"
+
+
+def test_spent_links_are_remembered_only_until_they_expire() -> None:
+    now = [1000.0]
+    signer = TokenSigner(60, clock=lambda: now[0])
+    for i in range(5000):  # a boot storm
+        signer.redeem(signer.issue(f"user{i}", "demo", "a"), "demo", "a")
+    assert signer.spent() == 5000
+    now[0] += 61
+    signer.redeem(signer.issue("late", "demo", "a"), "demo", "a")
+    assert signer.spent() == 1  # the storm's links have expired: forgotten
