@@ -219,12 +219,13 @@ class BootFlow:
         """Authenticate once; answer the menu of the images this user may boot, with signed links.
 
         A failure of any kind (unknown user, wrong password, too many attempts) is answered no sooner
-        than `failure_delay` after the request arrived, so the answer's timing tells nothing. The menu,
-        its links and the helper get the account's own name (NSS's), not the spelling typed."""
+        than `failure_delay` after the request arrived, so the answer's timing tells nothing; so is a busy
+        PAM, which is no failure, so that a flood's refused guesses come back no faster than its wrong
+        ones. The menu, its links and the helper get the account's own name (NSS's), not the spelling typed."""
         started = self._clock()
         try:
             await self._authenticate(user, password, address)
-        except (LoginFailed, TooManyAttempts):
+        except (LoginFailed, TooManyAttempts, Busy):
             await asyncio.sleep(max(0.0, started + self.broker.limits.failure_delay - self._clock()))
             raise
         typed, user = user, await self._canonical(user)
@@ -264,8 +265,8 @@ class BootFlow:
         try:
             ok = bool(USER_NAME.fullmatch(user)) and await self.authenticator.authenticate(user, password)
         except Busy:
-            # PAM was not asked: no failure to record, and nothing to tarpit (the answer says nothing about
-            # the account); the person is told to try again.
+            # PAM was not asked: no failure to record (the answer says nothing about the account); the
+            # person is told to try again.
             self.limiter.released(user, address)
             self.metrics.login("busy")
             raise

@@ -40,9 +40,9 @@ log = logging.getLogger(__name__)
 MAX_PASSWORD_LENGTH = 512
 NICENESS = 10  # added to the PAM threads' nice value (Linux keeps one per thread)
 MAX_WAIT = 60.0  # seconds a login may expect to wait for PAM; half iPXE's idle timeout (HTTP_WATCHDOG_SECONDS)
-# Seconds a conversation is assumed to take until some are measured: more than a hash, less than
-# pam_unix's failure delay.
-FIRST_ESTIMATE = 1.0
+# Seconds a conversation is assumed to take until some are measured: pam_unix's failure delay, the longest
+# usual one, so the bound holds from the start (with 1 s, a flood at start-up queued 120 s of work).
+FIRST_ESTIMATE = 2.0
 SMOOTHING = 0.2  # weight of the latest conversation in the running estimate
 
 

@@ -43,12 +43,12 @@ class BusyAuthenticator(FakeAuthenticator):
 
 
 def make_flow(authenticator: FakeAuthenticator, directory: FakeDirectory | None = None,
-              helper: FakeHelper | None = None) -> BootFlow:
+              helper: FakeHelper | None = None, **kw: Any) -> BootFlow:
     config = broker_config()  # user_failures 3, address_failures 10, failure_delay 0.05
     assert config.broker is not None
     return BootFlow(
         config, config.broker, authenticator, helper or FakeHelper(), directory or FakeDirectory({}),
-        ScriptRenderer(), TokenSigner(config.broker.token_ttl), LoginLimiter(config.broker.limits),
+        ScriptRenderer(), TokenSigner(config.broker.token_ttl), LoginLimiter(config.broker.limits), **kw,
     )
 
 
@@ -140,3 +140,20 @@ async def test_a_busy_pam_is_answered_busy_and_is_no_failure() -> None:
             await flow.login("alice", "wonderland", "192.0.2.7")
     assert flow.limiter.retry_after("alice", "192.0.2.7") == 0 and len(flow.limiter) == 0
     assert flow.metrics.logins["busy"] == 5 and flow.metrics.logins["failed"] == 0
+
+
+async def test_a_busy_answer_waits_out_the_tarpit_as_a_failure_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decided: busy is no failure, but it is tarpitted: answered at once, it let a flood loop (275,000 busy
+    answers in 90 s in benchmarks/pam_flood.py, against 290 failures), for the event loop to pay."""
+    slept: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        await real_sleep(0)
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+    flow = make_flow(BusyAuthenticator(PASSWORDS), clock=lambda: 100.0)  # no time passes in the flow
+    with pytest.raises(Busy):
+        await flow.login("alice", "wonderland", "192.0.2.7")
+    assert slept == [pytest.approx(0.05)]  # failure_delay

@@ -141,9 +141,10 @@ def gated_pam(monkeypatch: pytest.MonkeyPatch) -> type[GatedPam]:
 
 
 async def test_a_login_that_would_wait_too_long_for_pam_is_answered_busy_at_once(gated_pam: Any) -> None:
-    """The queue in front of PAM's threads is bounded by the wait it means: 2 threads and conversations of
-    1 s (the estimate before any is measured) drain 20 waiting conversations in 10 s, the bound here."""
-    auth = PamAuthenticator("bootbroker", concurrency=2, max_wait=10.0, clock=lambda: gated_pam.now[0])
+    """The queue in front of PAM's threads is bounded by the wait it means: 2 threads drain 20 waiting
+    conversations of FIRST_ESTIMATE (before any is measured) in 10 of them, the bound here."""
+    auth = PamAuthenticator("bootbroker", concurrency=2, max_wait=10 * pam_auth.FIRST_ESTIMATE,
+                            clock=lambda: gated_pam.now[0])
     try:
         waiting = [asyncio.create_task(auth.authenticate(f"u{i}", "right")) for i in range(20)]
         refused = asyncio.create_task(auth.authenticate("late", "right"))
