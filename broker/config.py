@@ -17,7 +17,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .errors import ConfigError
-from .identifiers import DOMAIN, IMAGE_NAME, IQN_DATE, USER_NAME, IqnScheme, script_safe
+from .identifiers import (
+    DOMAIN, IMAGE_NAME, IQN_DATE, MAX_DM_NAME_LENGTH, MAX_IQN_LENGTH, MAX_LABEL_LENGTH, USER_NAME, IqnScheme,
+    script_safe, storage_object_name,
+)
 
 DEFAULT_PATH = Path("/etc/bootbroker/bootbroker.toml")
 
@@ -422,6 +425,19 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Config:
         images[name] = _image(r, name, table)
     if not images:
         r.problems.append("[images]: define at least one image, e.g. [images.debian] description = \"Debian 12\"")
+
+    iqn = iscsi.iqn
+    for name in images:
+        if iqn.longest_name(name) > MAX_IQN_LENGTH and domain is not None:
+            r.problems.append(
+                f"[images.{name}]: with [iscsi] domain {domain!r}, a login's initiator name would be up to "
+                f"{iqn.longest_name(name)} bytes, over LIO's {MAX_IQN_LENGTH}: shorten the image name or the domain "
+                f"by {iqn.longest_name(name) - MAX_IQN_LENGTH} characters")
+        dm_name = len(storage_object_name(name, "x" * MAX_LABEL_LENGTH))
+        if backend is BackendKind.DM_SNAPSHOT and dm_name > MAX_DM_NAME_LENGTH:
+            r.problems.append(
+                f"[images.{name}]: with backend \"dm-snapshot\", its overlays' device-mapper names would be up to "
+                f"{dm_name} bytes, over {MAX_DM_NAME_LENGTH}: shorten the image name by {dm_name - MAX_DM_NAME_LENGTH} characters")
 
     broker = _broker(r, r.table("broker")) if "broker" in data else None
 

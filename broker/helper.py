@@ -27,11 +27,12 @@ from .errors import (
     BackendFailure, BadIdentifier, BrokerError, Conflict, NoSuchOverlay, NoSuchSession, NotPermitted, StoreFull, UnknownImage,
 )
 from .identifiers import (
-    check_backup_name, check_image_name, check_user_name, check_version, new_chap_secret, user_label,
+    check_backup_name, check_image_name, check_user_name, check_version, new_chap_secret, storage_object_name,
+    user_label,
 )
 from .faults import crash_point
 from .files import clone_or_copy_from, sha256_of
-from .lio import Lio, storage_object_name
+from .lio import Lio
 from .state import BootSession, SessionBook
 from .store import DamagedMeta, OverlayMeta, Store
 

@@ -29,6 +29,12 @@ LOOKS_HASHED = re.compile(r".*--[0-9a-f]{10}")
 # `$`, `{`, `}` (setting expansion), quotes and backslashes (tokenising), `||` and `&&` (control flow).
 SCRIPT_UNSAFE = re.compile(r"[\x00-\x1f\x7f$\\{}\"'`]|\|\||&&")
 
+# The longest label: a 64-character name that needed the hash suffix (see user_label).
+MAX_LABEL_LENGTH = 64 + len("--") + 10
+MAX_IQN_LENGTH = 223  # LIO's limit (ISCSI_IQN_LEN, 224 with the terminating NUL)
+MAX_DM_NAME_LENGTH = 127  # device-mapper's (DM_NAME_LEN, 128 with the NUL): dm-snapshot devices are named as storage objects
+STORAGE_OBJECT_PREFIX = "bb."
+
 CHAP_ALPHABET = string.ascii_letters + string.digits
 CHAP_SECRET_LENGTH = 20  # LIO and iPXE accept 12..255; DESIGN.md asks for 16..24
 _SHOWN_MAX = 40
@@ -108,6 +114,15 @@ class IqnScheme:
     def new_initiator(self, image: str, label: str) -> str:
         """A fresh initiator name per boot session, so the previous session's ACL can never match it."""
         return f"{self.prefix}:client.{image}.{label}.{secrets.token_hex(4)}"
+
+    def longest_name(self, image: str) -> int:
+        """The length of the longest IQN this scheme makes for `image` (an initiator of the longest label)."""
+        return len(self.new_initiator(image, "x" * MAX_LABEL_LENGTH))
+
+
+def storage_object_name(image: str, label: str) -> str:
+    """The overlay's LIO storage object, and its device-mapper device with the dm-snapshot backend."""
+    return f"{STORAGE_OBJECT_PREFIX}{image}.{label}"
 
 
 def new_chap_secret() -> str:

@@ -33,6 +33,7 @@ from rtslib_fb.utils import RTSLibError, RTSLibNotInCFSError
 from .config import Portal
 from .errors import BackendFailure
 from .faults import crash_point
+from .identifiers import STORAGE_OBJECT_PREFIX
 
 TPG_TAG = 1
 LUN_INDEX = 0
@@ -250,12 +251,5 @@ class Lio:
         return Inventory(acls, objects)
 
 
-STORAGE_OBJECT_PREFIX = "bb."
-
-
 def _acl_dir(iqn: str) -> Path:
     return CONFIGFS_TARGET / "iscsi" / iqn / f"tpgt_{TPG_TAG}" / "acls"
-
-
-def storage_object_name(image: str, label: str) -> str:
-    return f"{STORAGE_OBJECT_PREFIX}{image}.{label}"

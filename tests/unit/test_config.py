@@ -189,3 +189,33 @@ def test_numbers_of_seconds_must_be_finite_and_positive(value: float) -> None:
 def test_slow_client_defaults() -> None:
     broker = parse(example()).broker
     assert broker is not None and (broker.request_timeout, broker.connections_per_address) == (10.0, 32)
+
+
+def test_names_too_long_for_an_iqn_or_a_device_mapper_name_are_refused_at_load() -> None:
+    """LIO takes IQNs of up to 223 bytes; a login of the longest user name of such an image would fail."""
+    long_image = "i" * 60
+    data = example()
+    data["iscsi"]["domain"] = ".".join(["sub" + "d" * 30] * 2) + ".example.org"  # 79 characters
+    data["images"] = {long_image: {"users": ["*"]}, "ok": {"users": ["*"]}}
+    with pytest.raises(ConfigError) as info:
+        parse(data, "test.toml")
+    (problem,) = info.value.problems
+    assert problem.startswith(f"[images.{long_image}]") and "223" in problem and "shorten" in problem
+    data["iscsi"]["domain"] = "lab.example.org"
+    parse(data, "test.toml")  # the same names fit a short domain
+    data["store"]["backend"] = "dm-snapshot"  # device-mapper names stop at 127 bytes
+    with pytest.raises(ConfigError, match=f"images.{long_image}.*127"):
+        parse(data, "test.toml")
+
+
+def test_the_longest_names_of_an_accepted_configuration_fit() -> None:
+    from broker.identifiers import MAX_IQN_LENGTH, storage_object_name, user_label
+
+    data = example()
+    data["store"]["backend"] = "dm-snapshot"
+    data["iscsi"]["domain"] = "a" * 58 + ".example.org"  # 70 characters: the longest that fits
+    data["images"] = {"i" * 47: {"users": ["*"]}}
+    config = parse(data, "test.toml")
+    label = user_label("A" * 64)
+    assert len(config.iscsi.iqn.new_initiator("i" * 47, label)) <= MAX_IQN_LENGTH
+    assert len(storage_object_name("i" * 47, label)) <= 127
