@@ -20,6 +20,8 @@ import pwd
 import socket
 import stat
 import struct
+import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Flag, auto
@@ -39,6 +41,8 @@ BACKLOG = 1024  # connections waiting to be accepted (asyncio's default of 100 i
 MAX_WAITING = 64  # changing operations running or waiting for the lock at once; more are answered `busy`
 READ_ONLY = frozenset({"health", "published", "sessions", "backups", "images"})  # take no lock
 READERS = 4
+CONNECTIONS_PER_UID = 64  # the broker holds at most its pool's 16; one user's CLI holds one
+REFUSAL_LOG_INTERVAL = 60.0  # at most one warning a minute per uid about refused connections
 
 
 class Role(Flag):
@@ -140,7 +144,7 @@ def grant_group_access(path: Path, gid: int) -> None:
 class HelperServer:
     def __init__(
         self, helper: Helper, config: HelperConfig, groups: Groups, idle_timeout: float = IDLE_TIMEOUT,
-        max_waiting: int = MAX_WAITING,
+        max_waiting: int = MAX_WAITING, connections_per_uid: int = CONNECTIONS_PER_UID,
     ) -> None:
         self.helper = helper
         self.config = config
@@ -150,6 +154,9 @@ class HelperServer:
         self._readers = ThreadPoolExecutor(READERS, thread_name_prefix="helper-read")
         self._workers = ThreadPoolExecutor(max_waiting, thread_name_prefix="helper-work")
         self._waiting = 0  # changed only in the event loop's thread
+        self.connections_per_uid = connections_per_uid
+        self._connections: Counter[int] = Counter()  # open connections per peer uid
+        self._warned: dict[int, float] = {}
 
     async def serve(self) -> asyncio.AbstractServer:
         path = self.config.socket
@@ -195,6 +202,11 @@ class HelperServer:
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = identify(writer.get_extra_info("socket"), self.groups)
+        if self._connections[peer.uid] >= self.connections_per_uid:
+            self._refused(peer)
+            writer.close()
+            return
+        self._connections[peer.uid] += 1
         try:
             while True:
                 try:
@@ -212,6 +224,17 @@ class HelperServer:
             pass
         finally:
             writer.close()
+            self._connections[peer.uid] -= 1
+            if self._connections[peer.uid] <= 0:
+                del self._connections[peer.uid]
+
+    def _refused(self, peer: Peer) -> None:
+        """Log a refused connection once a minute per uid: an exhausting client must not flood the log too."""
+        now = time.monotonic()
+        if now - self._warned.get(peer.uid, -REFUSAL_LOG_INTERVAL) >= REFUSAL_LOG_INTERVAL:
+            self._warned[peer.uid] = now
+            log.warning("uid %d (pid %d) holds %d connections to the helper: further ones are closed as they open",
+                        peer.uid, peer.pid, self.connections_per_uid)
 
     async def answer(self, peer: Peer, line: bytes) -> bytes:
         try:

@@ -42,8 +42,9 @@ async def in_own_threads(calls: list[Callable[[], T]]) -> list[T]:
 
 
 async def serve(path: Path, operations: Operations) -> asyncio.AbstractServer:
+    # Every client here is this test's uid: the per-uid connection cap (tested in test_helper_server) is lifted.
     server = HelperServer(operations, HelperConfig(path, "root", "root"), Groups(os.getgid(), os.getgid()),  # type: ignore[arg-type]
-                          idle_timeout=IDLE)
+                          idle_timeout=IDLE, connections_per_uid=1000)
     return await server.serve()
 
 

@@ -267,3 +267,30 @@ async def test_a_socket_swapped_for_a_link_after_bind_is_refused_and_its_target_
     with pytest.raises(BadRequest, match="not the socket"):
         await _serve(socket_path, Operations())
     assert (victim.stat().st_mode & 0o777, victim.stat().st_gid) == (0o600, 0)
+
+
+async def test_one_user_cannot_hold_more_than_its_share_of_connections(socket_path: Path) -> None:
+    """A helpdesk member opening connections without end would exhaust the helper's file descriptors."""
+    server = HelperServer(Operations(), HelperConfig(socket_path, "root", "root"), Groups(os.getgid(), os.getgid()),  # type: ignore[arg-type]
+                          idle_timeout=120, connections_per_uid=4)
+    async with await server.serve():
+        held = [await asyncio.open_unix_connection(socket_path) for _ in range(4)]
+        reader, writer = await asyncio.open_unix_connection(socket_path)
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed at once, unanswered
+        writer.close()
+        for _, w in held[1:]:
+            w.write(encode_request("health", {}))
+        assert [json.loads(await r.readline())["ok"] for r, _ in held[1:]] == [True] * 3  # the others are served
+        held[0][1].close()
+        await held[0][1].wait_closed()
+        client = HelperClient(socket_path, timeout=10)
+        for _ in range(100):  # until the server has noticed the close: then the freed slot is usable again
+            try:
+                assert await asyncio.to_thread(client.call, "health") == {"ok": True}
+                break
+            except HelperUnavailable:
+                await asyncio.sleep(0.1)
+        else:
+            pytest.fail("a freed connection slot was never given to a new connection")
+        for _, w in held[1:]:
+            w.close()
