@@ -127,6 +127,8 @@ class Helper:
                 continue
             live[names.target] = session.initiator
         inventory = self.lio.inventory(self.config.iscsi.iqn.prefix)
+        for target in inventory.acls:
+            self.lio.enforce_attributes(target)
         for target, initiators in inventory.acls.items():
             for initiator in initiators - {live.get(target, "")}:
                 log.warning("reconcile: removing NodeACL %s of %s: no live session", initiator, target)
@@ -143,6 +145,31 @@ class Helper:
                 target = self.config.iscsi.iqn.target(image, label)
                 log.warning("reconcile: removing target %s: its overlay is gone", target)
                 self.lio.delete_target(target, name, kind)
+
+    def repair_lost(self) -> int:
+        """Put back the target and NodeACL of every live session that LIO lost while the helper ran
+        (`targetctl clear`, a restart of target.service), with the credentials its workstation has, so it
+        reconnects by itself. Cheap when nothing is lost (one stat per live session, no lock): the helper
+        runs it every few seconds. Returns how many sessions were put back."""
+        if all(self.lio.has_acl(self.config.iscsi.iqn.target(s.image, s.label), s.initiator) for s in self.book.all()):
+            return 0
+        repaired = 0
+        with self._lock:
+            self.lio.forget()
+            for session in self.book.all():  # again under the lock: a login may have been half-way
+                names = self._names(session.image, session.user)
+                if self.lio.has_acl(names.target, session.initiator):
+                    continue
+                meta = self.store.read_meta(self.store.overlay_dir(names.image, names.label))
+                if meta is None:
+                    continue
+                self._export(names, meta)
+                self.lio.ensure_acl(names.target, session.initiator, session.chap_user, session.chap_secret)
+                repaired += 1
+        if repaired:
+            log.warning("LIO lost %d live session(s) while the helper ran (targetctl clear, or target.service "
+                        "restarted?): their targets and ACLs are back", repaired)
+        return repaired
 
     # operations
 

@@ -43,6 +43,7 @@ READ_ONLY = frozenset({"health", "published", "sessions", "backups", "images"}) 
 READERS = 4
 CONNECTIONS_PER_UID = 64  # the broker holds at most its pool's 16; one user's CLI holds one
 REFUSAL_LOG_INTERVAL = 60.0  # at most one warning a minute per uid about refused connections
+WATCH_INTERVAL = 10.0  # seconds between checks that LIO still has every live session's ACL
 
 
 class Role(Flag):
@@ -264,10 +265,30 @@ class HelperServer:
             self._waiting -= 1
 
 
+async def watch_lio(helper: Helper, interval: float = WATCH_INTERVAL) -> None:
+    """Every `interval` seconds, put back what LIO lost of the live sessions while the helper ran. A
+    failure is logged when it first happens (not every round) and retried."""
+    reported = ""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await asyncio.to_thread(helper.repair_lost)
+            reported = ""
+        except BrokerError as e:
+            if e.message != reported:
+                log.error("cannot put back the live sessions LIO lost: %s: %s (retrying every %.0f s)",
+                          e.code.value, e.message, interval)
+                reported = e.message
+
+
 async def run_helper(helper: Helper, config: HelperConfig) -> None:
     groups = Groups.resolve(config)
     await asyncio.to_thread(helper.start)
     faults.arm()
     server = await HelperServer(helper, config, groups).serve()
-    async with server:
-        await server.serve_forever()
+    watcher = asyncio.create_task(watch_lio(helper))
+    try:
+        async with server:
+            await server.serve_forever()
+    finally:
+        watcher.cancel()

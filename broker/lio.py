@@ -37,6 +37,16 @@ from .identifiers import STORAGE_OBJECT_PREFIX
 
 TPG_TAG = 1
 LUN_INDEX = 0
+# Every TPG of ours: CHAP on, no ACLs made for unknown initiators, and SendTargets discovery answering an
+# initiator only with the targets it has a NodeACL on (the kernel's default lists every target, and the
+# targets' names name users); the two demo-mode settings are the safe ones should demo mode ever be on.
+TPG_ATTRIBUTES = {
+    "authentication": "1",
+    "generate_node_acls": "0",
+    "demo_mode_discovery": "0",
+    "demo_mode_write_protect": "1",
+    "cache_dynamic_acls": "0",
+}
 CONFIGFS_TARGET = Path("/sys/kernel/config/target")
 T = TypeVar("T")
 
@@ -90,6 +100,12 @@ class Lio:
             self._fabric = FabricModule("iscsi")
         return self._fabric
 
+    def forget(self) -> None:
+        """Drop what this process remembers of LIO (the fabric, rtslib's backstore numbering): after LIO was
+        emptied under the running helper (`targetctl clear`, target.service restarted) it is all stale."""
+        self._fabric = None
+        tcm.bs_cache.clear()
+
     def check(self) -> None:
         """Fail clearly when the kernel has no LIO iSCSI target; `/etc/target` must exist for rtslib."""
         if not CONFIGFS_TARGET.is_dir():
@@ -127,13 +143,8 @@ class Lio:
             target = _lookup_or_create(
                 lambda: Target(self._iscsi(), iqn, "lookup"), lambda: Target(self._iscsi(), iqn, "create"), created
             )
-            before = len(created)
             tpg = _lookup_or_create(lambda: TPG(target, TPG_TAG, "lookup"), lambda: TPG(target, TPG_TAG, "create"), created)
-            if len(created) > before:  # a new TPG (rtslib objects' == cannot compare across types)
-                tpg.set_attribute("authentication", "1")
-                tpg.set_attribute("generate_node_acls", "0")
-                tpg.set_attribute("demo_mode_write_protect", "1")
-                tpg.set_attribute("cache_dynamic_acls", "0")
+            self._enforce_attributes(tpg)
             for portal in self.portals:
                 NetworkPortal(tpg, portal.host, portal.port, "any")
             _lookup_or_create(lambda: LUN(tpg, LUN_INDEX), lambda: LUN(tpg, LUN_INDEX, storage_object=so), created)
@@ -142,6 +153,22 @@ class Lio:
         except (RTSLibError, OSError) as e:
             _rolled_back(created)
             raise BackendFailure(f"LIO refused target {iqn}: {e}") from None
+
+    @staticmethod
+    def _enforce_attributes(tpg: Any) -> None:
+        for name, value in TPG_ATTRIBUTES.items():
+            if tpg.get_attribute(name) != value:
+                tpg.set_attribute(name, value)
+
+    def enforce_attributes(self, iqn: str) -> None:
+        """Give an existing target's TPG the attributes every target of ours has (`TPG_ATTRIBUTES`): a target
+        made by an older version, or changed by hand, must not list itself to strangers. Idempotent."""
+        try:
+            self._enforce_attributes(self._tpg(iqn))
+        except RTSLibNotInCFSError:
+            pass
+        except (RTSLibError, OSError) as e:
+            raise BackendFailure(f"LIO refused the attributes of {iqn}: {e}") from None
 
     def _tpg(self, iqn: str) -> Any:
         return TPG(Target(self._iscsi(), iqn, "lookup"), TPG_TAG, "lookup")

@@ -76,6 +76,14 @@ class FakeLio:
         self._maybe_fail("delete_target")
         self.targets.pop(iqn, None)
 
+    def enforce_attributes(self, iqn: str) -> None:
+        self._maybe_fail("enforce_attributes")
+        if iqn in self.targets:
+            self.targets[iqn].attributes.update(self.TPG_ATTRIBUTES)
+
+    def forget(self) -> None:
+        self.calls.append("forget")
+
     def logged_in(self, iqn: str, initiator: str) -> bool:
         return iqn in self.targets and initiator in self.targets[iqn].acls and initiator in self.logged_in_initiators
 

@@ -278,3 +278,27 @@ def test_publish_keeps_the_holes_of_a_sparse_image(helper: Helper, tmp_path: Pat
     assert version.stat().st_size == 64 << 20 and version.stat().st_blocks * 512 < 1 << 20
     with open(version, "rb") as f:
         assert f.read(4096) == b"\3" * 4096 and f.read(4096) == bytes(4096)
+
+
+# LIO emptied under the running helper is noticed and repaired (issue 15: reconcile ran only at start)
+
+def test_sessions_lio_lost_while_the_helper_runs_are_put_back_with_their_credentials(helper: Helper, lio: FakeLio) -> None:
+    alice = helper.ensure_session("demo", "alice")
+    bob = helper.ensure_session("demo", "bob")
+    lio.calls.clear()
+    assert helper.repair_lost() == 0 and "ensure_target" not in lio.calls  # nothing lost: nothing done
+    lio.targets.clear()  # targetctl clear, or target.service restarted
+    assert helper.repair_lost() == 2
+    for grant, label in ((alice, "alice"), (bob, "bob")):
+        target = lio.targets[f"iqn.2026-11.org.example.lab:demo.{label}"]
+        assert target.acls == {grant["initiator_iqn"]: (grant["chap_user"], grant["chap_secret"])}
+        assert target.attributes == FakeLio.TPG_ATTRIBUTES
+    assert "forget" in lio.calls
+
+
+def test_reconcile_gives_existing_targets_the_discovery_attributes(helper: Helper, lio: FakeLio) -> None:
+    helper.ensure_session("demo", "alice")
+    helper.end_session("demo", "alice")  # a target without a live session stays
+    lio.targets[TARGET].attributes["demo_mode_discovery"] = "1"  # made by an older version, or by hand
+    restarted(helper)
+    assert lio.targets[TARGET].attributes["demo_mode_discovery"] == "0"

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from broker.config import HelperConfig
-from broker.errors import BadRequest, Busy, HelperUnavailable, NoSuchSession
+from broker.errors import BackendFailure, BadRequest, Busy, HelperUnavailable, NoSuchSession
 from broker.helper_client import HelperClient
-from broker.helper_server import PERMISSIONS, Groups, HelperServer, Peer, Role
+from broker.helper_server import PERMISSIONS, Groups, HelperServer, Peer, Role, watch_lio
 from broker.protocol import MAX_MESSAGE_BYTES, OPERATIONS, encode_request
 
 
@@ -294,3 +294,20 @@ async def test_one_user_cannot_hold_more_than_its_share_of_connections(socket_pa
             pytest.fail("a freed connection slot was never given to a new connection")
         for _, w in held[1:]:
             w.close()
+
+
+async def test_the_lio_watch_repairs_in_rounds_and_logs_a_lasting_failure_once(caplog: pytest.LogCaptureFixture) -> None:
+    class Failing:
+        rounds = 0
+
+        def repair_lost(self) -> int:
+            self.rounds += 1
+            raise BackendFailure("LIO refused target x: injected")
+
+    failing = Failing()
+    watch = asyncio.create_task(watch_lio(failing, interval=0.01))  # type: ignore[arg-type]
+    while failing.rounds < 20:
+        await asyncio.sleep(0.01)
+    watch.cancel()
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "injected" in errors[0].getMessage()
