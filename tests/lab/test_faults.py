@@ -249,8 +249,10 @@ def test_after_a_power_cut_live_sessions_come_back_and_the_workstation_reconnect
     # Last in this module: the VM's tmpfs root (accounts, configuration) starts afresh.
     lab = deployment.lab
     grant = deployment.ensure_session("powered")
+    revoked = deployment.ensure_session("revoked")
     with Workstation(lab, grant) as workstation:
         assert workstation.completes("write -f -P 0x50 0 64k")  # -f: FUA, on the disk when it completes
+        deployment.cli("end-session", "revoked", "demo")  # the moment before the cut: it must stay ended
         lab.power_cut()
         deployment.process = None
         prepare_accounts(lab)
@@ -262,6 +264,8 @@ def test_after_a_power_cut_live_sessions_come_back_and_the_workstation_reconnect
         assert workstation.completes("read -P 0x50 0 64k", seconds=180), workstation.output
         assert workstation.completes("write -P 0x51 64k 64k")
         assert deployment.initiators(grant.target_iqn) == {grant.initiator_iqn: True}
+    assert deployment.initiators(revoked.target_iqn) == {}
+    assert iscsi_tool(lab, "iscsi-inq", revoked).returncode != 0
     assert reads(deployment, "powered", "0x50")
     bystander_intact(deployment)
     assert deployment.problems() == []

@@ -313,6 +313,59 @@ def test_sessions_come_back_after_a_helper_restart_and_after_lio_is_lost(deploym
     assert any(s["user"] == "ivy" for s in deployment.cli_json("sessions"))
 
 
+def discovered(deployment: Deployment, initiator: str) -> list[str]:
+    """The target names SendTargets discovery answers `initiator` (libiscsi's iscsi-ls, no credentials)."""
+    done = subprocess.run(["iscsi-ls", "-i", initiator, f"iscsi://127.0.0.1:{deployment.lab.iscsi_port}"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    return re.findall(r"Target:(\S+)", done.stdout)
+
+
+def test_discovery_lists_a_target_only_to_its_own_sessions_initiator(deployment: Deployment) -> None:
+    """Target names name users: discovery must not give a stranger the list of everyone who has a disk."""
+    judy, kim = deployment.ensure_session("judy"), deployment.ensure_session("kim")
+    prefix = judy.target_iqn.split(":")[0]
+    assert discovered(deployment, f"{prefix}:client.demo.stranger.0badc0de") == []
+    assert discovered(deployment, judy.initiator_iqn) == [judy.target_iqn]  # what dracut's netroot does first
+    assert discovered(deployment, kim.initiator_iqn) == [kim.target_iqn]
+    # A target changed by hand (or made by an older version) is put right when the helper starts.
+    attribute = f"/sys/kernel/config/target/iscsi/{kim.target_iqn}/tpgt_1/attrib/demo_mode_discovery"
+    deployment.lab.run(["sh", "-c", f"echo 1 > {attribute}"])
+    deployment.stop()
+    deployment.start()
+    assert deployment.lab.run(["cat", attribute]).stdout.strip() == "0"
+    assert kim.target_iqn not in discovered(deployment, f"{prefix}:client.demo.stranger.0badc0de")
+
+
+STRAY_ACL = """
+import sys
+from rtslib_fb import TPG, FabricModule, NodeACL, Target
+NodeACL(TPG(Target(FabricModule("iscsi"), sys.argv[1], "lookup"), 1, "lookup"), sys.argv[2], "create")
+"""
+
+
+def test_a_login_removes_every_acl_of_its_target_even_one_no_record_knows(deployment: Deployment) -> None:
+    first = deployment.ensure_session("leo")
+    stray = first.initiator_iqn.rsplit(".", 1)[0] + ".5742a7a7"
+    deployment.lab.run([str(deployment.lab.python), "-c", STRAY_ACL, first.target_iqn, stray])
+    assert set(deployment.initiators(first.target_iqn)) == {first.initiator_iqn, stray}
+    second = deployment.ensure_session("leo")
+    assert set(deployment.initiators(first.target_iqn)) == {second.initiator_iqn}
+
+
+def test_lio_emptied_while_the_helper_runs_is_put_back_and_the_workstation_reconnects(deployment: Deployment) -> None:
+    lab = deployment.lab
+    grant = deployment.ensure_session("max")
+    with Workstation(lab, grant) as workstation:
+        assert workstation.completes("write -f -P 0x4d 0 64k")
+        clear_lio(lab)  # as `targetctl clear` or a restart of target.service would, under the running helper
+        # Within the helper's watch interval the target and ACL are back with the same credentials, and the
+        # same qemu-io (libiscsi reconnects by itself) reads what it wrote.
+        assert workstation.completes("read -P 0x4d 0 64k", seconds=120), workstation.output
+        assert deployment.initiators(grant.target_iqn) == {grant.initiator_iqn: True}
+    assert "their targets and ACLs are back" in deployment.log()
+    assert iscsi_tool(lab, "iscsi-inq", deployment.ensure_session("nia")).returncode == 0  # logins go on
+
+
 OTHER_TOOL = """
 import sys
 from rtslib_fb import FileIOStorageObject
@@ -362,6 +415,15 @@ def test_images_list_versions_and_retire_refuses_what_is_in_use(deployment: Depl
     expect_refused(deployment.cli("images", "retire", "other@1", user="deskstaff", check=False), "not_permitted")
     assert deployment.snapshot() == before
 
+    # An admin goes back to v1 for new overlays and forward again; start-up keeps both (it kept only v1 before).
+    assert "v1 is current (was v2)" in deployment.cli("images", "current", "demo", "1").stdout
+    expect_refused(deployment.cli("images", "current", "demo", "2", user="deskstaff", check=False), "not_permitted")
+    expect_refused(deployment.cli("images", "current", "demo", "9", check=False), "unknown_image")
+    deployment.stop()
+    deployment.start()
+    listed = {row["image"]: row for row in deployment.cli_json("images", "list")}
+    assert [v["version"] for v in listed["demo"]["versions"]] == [1, 2] and listed["demo"]["current"] == 1
+    deployment.cli("images", "current", "demo", "2")
     rebased = deployment.cli_json("rebase", "ivan", "demo", user="deskstaff")  # the helpdesk moves ivan to v2
     assert (rebased["from"], rebased["to"]) == (1, 2)
     deployment.ensure_session("ivan")
@@ -398,5 +460,6 @@ def test_a_users_prepared_disk_is_published_as_the_next_version_of_an_image(depl
     student = deployment.ensure_session("uma", "other")  # a new overlay, from the published version
     done = qemu_io(lab, student, "read -P 0x44 0 1M")
     assert done.returncode == 0 and "Pattern verification failed" not in done.stdout, done.stdout + done.stderr
+    assert not any(s["user"] == "tess" for s in deployment.cli_json("sessions"))  # ended before the copy
     again = deployment.ensure_session("tess")  # her own disk is untouched
     assert "Pattern verification failed" not in qemu_io(lab, again, "read -P 0x44 0 1M").stdout
