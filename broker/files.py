@@ -143,10 +143,7 @@ def _copy_data_from(source: int, destination: Path) -> None:
                 break
             end = os.lseek(source, data, os.SEEK_HOLE)
             while data < end:
-                copied = os.copy_file_range(source, fd, min(end - data, 1 << 30), data, data)
-                if copied == 0:
-                    raise OSError(errno.EIO, f"the source ended at byte {data} of {size}")
-                data += copied
+                data += _copy_range(source, fd, data, min(end - data, 1 << 30))
             at = end
         os.ftruncate(fd, size)
         os.fsync(fd)
@@ -175,6 +172,22 @@ def copy_sparse(source: Path, destination: Path, size: int) -> None:
         dst.truncate(size)
         dst.flush()
         os.fsync(dst.fileno())
+
+
+def _copy_range(source: int, destination: int, offset: int, length: int) -> int:
+    """Copy up to `length` bytes at `offset` from one file to the same offset of another; returns how many.
+    copy_file_range lets the kernel do it (a server-side copy on NFS, no trip through user space); it
+    refuses to cross filesystems (EXDEV), and then it is read and written here."""
+    try:
+        copied = os.copy_file_range(source, destination, length, offset, offset)
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise
+        block = os.pread(source, min(length, _CHUNK), offset)
+        copied = os.pwrite(destination, block, offset) if block else 0
+    if copied == 0:
+        raise OSError(errno.EIO, f"the source ended at byte {offset}")
+    return copied
 
 
 def set_immutable(path: Path, immutable: bool) -> bool:

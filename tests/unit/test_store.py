@@ -210,3 +210,23 @@ def test_a_first_publish_that_died_before_current_is_discarded_but_a_finished_on
     (store.images / "other" / "v1.publishing").touch()  # the first publish died before writing current
     assert store.discard_unfinished("other") == [1]
     assert not list((store.images / "other").iterdir())
+
+
+def test_a_copy_from_another_filesystem_keeps_holes(tmp_path: Path) -> None:
+    """copy_file_range refuses to cross filesystems (EXDEV): tmpfs to the store is what a publish of a
+    freshly built image often is."""
+    from broker.files import clone_or_copy
+
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("needs /dev/shm on a filesystem of its own")
+    source = shm / f"bootbroker-test-{os.getpid()}.img"
+    try:
+        with open(source, "wb") as f:
+            f.write(b"\5" * 8192)
+            f.truncate(16 << 20)
+        copy = tmp_path / "copy.img"
+        clone_or_copy(source, copy)
+        assert copy.read_bytes() == source.read_bytes() and copy.stat().st_blocks * 512 < 1 << 20
+    finally:
+        source.unlink(missing_ok=True)
