@@ -26,6 +26,14 @@ class NssDirectory:
                 continue
         return frozenset(names)
 
+    def canonical(self, user: str) -> str | None:
+        """The account's own name for a name PAM accepted (sssd may match `Alice` to `alice`), None when
+        NSS knows no such account."""
+        try:
+            return pwd.getpwnam(user).pw_name
+        except KeyError:
+            return None
+
 
 def _named(image: ImageConfig, user: str) -> bool:
     return EVERYONE in image.users or user in image.users

@@ -21,7 +21,7 @@ from .config import BootMethod, BrokerConfig, Config, ImageConfig, Portal
 from .errors import (
     BrokerError, Busy, ErrorCode, InternalError, LoginFailed, NotPermitted, TooManyAttempts, UnknownImage,
 )
-from .identifiers import CHAP_ALPHABET, IMAGE_NAME, USER_NAME, script_safe
+from .identifiers import CHAP_ALPHABET, IMAGE_NAME, USER_NAME, loggable, script_safe
 from .limiter import LoginLimiter
 from .metrics import Metrics
 from .scripts import ENTRY, MENU, MESSAGE, NETROOT, SANBOOT, ScriptRenderer
@@ -35,18 +35,6 @@ PAUSE_MS = 8000  # how long a message stays on screen before the login prompt co
 NOTE_TTL = 120.0  # seconds a failure's message waits for the screen to ask for it
 MAX_NOTES = 4096
 PUBLISHED_TTL = 5.0  # seconds the broker trusts the helper's list of published images (a boot storm asks once)
-MAX_LOGGED = 200  # characters of one request value in a log line
-
-
-def loggable(value: object, limit: int = MAX_LOGGED) -> str:
-    """A value from a request, fit for a log line: at most `limit` characters (then `...`), everything but
-    printable ASCII escaped (no newline, carriage return or terminal escape: a request cannot write a log
-    line of its own), backslashes and double quotes too (an escape in the log is always ours)."""
-    text = str(value)
-    escaped = text[:limit].encode("unicode_escape").decode("ascii").replace('"', '\\"')
-    return escaped + ("..." if len(text) > limit else "")
-
-
 class Authenticator(Protocol):
     async def authenticate(self, user: str, password: str) -> bool: ...
 

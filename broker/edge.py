@@ -27,7 +27,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
-from .boot import loggable
+from .identifiers import loggable
 from .web import HANDLER_LIMITS, AccessLogger
 
 log = logging.getLogger(__name__)

@@ -46,6 +46,18 @@ def _shown(value: str) -> str:
     return repr(text if len(text) <= _SHOWN_MAX else text[:_SHOWN_MAX] + "...")
 
 
+MAX_LOGGED = 200  # characters of one request value in a log line
+
+
+def loggable(value: object, limit: int = MAX_LOGGED) -> str:
+    """A value from a request, fit for a log line: at most `limit` characters (then `...`), everything but
+    printable ASCII escaped (no newline, carriage return or terminal escape: a request cannot write a log
+    line of its own), backslashes and double quotes too (an escape in the log is always ours)."""
+    text = str(value)
+    escaped = text[:limit].encode("unicode_escape").decode("ascii").replace('"', '\\"')
+    return escaped + ("..." if len(text) > limit else "")
+
+
 def check_image_name(value: object) -> str:
     if not isinstance(value, str) or not IMAGE_NAME.fullmatch(value):
         shown = _shown(value) if isinstance(value, str) else type(value).__name__

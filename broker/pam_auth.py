@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pam
 
-from .boot import loggable
+from .identifiers import loggable
 from .errors import Busy
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import pwd
 import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -33,16 +32,6 @@ from .web import make_app
 log = logging.getLogger(__name__)
 
 HELPER_TIMEOUT = 60.0  # a cold login under a boot storm waits for the helper's lock
-
-
-class NssAccounts(NssDirectory):
-    """The broker's Directory: NssDirectory's groups, and the account's own name for a name PAM accepted."""
-
-    def canonical(self, user: str) -> str | None:
-        try:
-            return pwd.getpwnam(user).pw_name
-        except KeyError:
-            return None
 
 
 class ThreadedHelper:
@@ -81,7 +70,7 @@ def build_app(config: Config, broker: BrokerConfig) -> web.Application:
     authenticator = PamAuthenticator(broker.pam_service, broker.pam_concurrency, observe=metrics.pam_conversation)
     helper = ThreadedHelper(HelperClient(config.helper.socket, timeout=HELPER_TIMEOUT))
     flow = BootFlow(
-        config, broker, authenticator, helper, NssAccounts(), ScriptRenderer(broker.templates),
+        config, broker, authenticator, helper, NssDirectory(), ScriptRenderer(broker.templates),
         TokenSigner(broker.token_ttl), LoginLimiter(broker.limits), metrics=metrics,
     )
     app = make_app(flow, helper)

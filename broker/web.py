@@ -25,8 +25,9 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Handler
 
-from .boot import BootFlow, SessionHelper, loggable
+from .boot import BootFlow, SessionHelper
 from .errors import BadRequest, BrokerError, ErrorCode, InternalError, TooManyAttempts
+from .identifiers import loggable
 from .pam_auth import MAX_PASSWORD_LENGTH
 from .tokens import MAX_TOKEN_LENGTH
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from broker.access import may_boot, needs_groups, permitted_images
+import os
+import pwd
+
+from broker.access import NssDirectory, may_boot, needs_groups, permitted_images
 
 from .webfakes import broker_config
 
@@ -29,3 +32,11 @@ def test_groups_are_needed_only_where_a_group_could_admit_someone_not_named() ->
     assert needs_groups([IMAGES["mixed"]], "carol")
     assert needs_groups(IMAGES.values(), "alice")
     assert not needs_groups([], "alice")
+
+
+def test_the_brokers_directory_gives_the_accounts_own_name() -> None:
+    me = pwd.getpwuid(os.getuid()).pw_name
+    accounts = NssDirectory()
+    assert accounts.canonical(me) == me
+    assert accounts.canonical("bootbroker-no-such-user") is None
+    assert accounts.groups_of(me)

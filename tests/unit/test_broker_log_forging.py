@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from broker.boot import BootFlow, loggable
+from broker.boot import BootFlow
+from broker.identifiers import loggable
 from broker.limiter import LoginLimiter
 from broker.scripts import ScriptRenderer
 from broker.tokens import TokenSigner

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import pwd
 import signal
 import socket
 import ssl
@@ -19,7 +17,7 @@ import pytest
 
 from broker.cli import main
 from broker.errors import BadRequest, InternalError
-from broker.serve import NssAccounts, ThreadedHelper
+from broker.serve import ThreadedHelper
 
 CONFIG = """
 [store]
@@ -130,11 +128,3 @@ async def test_a_request_the_helper_refuses_is_the_brokers_fault_not_the_worksta
             await helper.published()
     finally:
         helper.close()
-
-
-def test_the_brokers_directory_gives_the_accounts_own_name() -> None:
-    me = pwd.getpwuid(os.getuid()).pw_name
-    accounts = NssAccounts()
-    assert accounts.canonical(me) == me
-    assert accounts.canonical("bootbroker-no-such-user") is None
-    assert accounts.groups_of(me)  # still the groups, as NssDirectory
