@@ -249,7 +249,6 @@ class Helper:
             crash_point("overlay-committed")
             self._export(names, meta)
             crash_point("target-created")
-            self._check_fill(names.user, names.image, names.storage_object)
             previous = self.book.get(names.image, names.user)
             session = BootSession(
                 image=names.image, user=names.user, label=names.label, version=meta.version,
@@ -269,6 +268,7 @@ class Helper:
                 self._settle_after_failed_login(names, session, previous)
                 raise
             crash_point("acl-replaced")
+        self._check_fill(names.user, names.image, names.storage_object)  # a read (dmsetup status): after the lock
         log.info("session for %s on %s: initiator %s%s", names.user, names.image, session.initiator,
                  " (previous session dropped)" if previous else "")
         return {
