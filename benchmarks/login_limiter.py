@@ -44,6 +44,7 @@ from broker.limiter import LoginLimiter  # noqa: E402
 from broker.scripts import ScriptRenderer  # noqa: E402
 from broker.tokens import TokenSigner  # noqa: E402
 from broker.web import make_app  # noqa: E402
+from stand_ins import NoHelper, PlainAccounts  # noqa: E402  benchmarks/stand_ins.py: run as python benchmarks/NAME.py
 
 
 class CountingAuthenticator:
@@ -57,25 +58,6 @@ class CountingAuthenticator:
         self.times.append(time.monotonic())
         await asyncio.sleep(self.delay)
         return False
-
-
-class NoHelper:
-    async def ensure_session(self, image: str, user: str) -> dict[str, Any]:
-        raise AssertionError("no guess is right")
-
-    async def published(self) -> list[str]:
-        return ["demo"]
-
-    async def health(self) -> dict[str, Any]:
-        return {}
-
-
-class NoGroups:
-    def groups_of(self, user: str) -> frozenset[str]:
-        return frozenset()
-
-    def canonical(self, user: str) -> str | None:
-        return user
 
 
 @dataclass
@@ -104,7 +86,7 @@ async def start_broker(scenario: Scenario, window: float, connections: int) -> t
     broker = cfg.broker
     assert broker is not None
     helper = NoHelper()
-    flow = BootFlow(cfg, broker, scenario.authenticator, helper, NoGroups(), ScriptRenderer(),
+    flow = BootFlow(cfg, broker, scenario.authenticator, helper, PlainAccounts(), ScriptRenderer(),
                     TokenSigner(broker.token_ttl), LoginLimiter(broker.limits))
     args = handler_args(broker.request_timeout)
     runner = web.AppRunner(make_app(flow, helper), **args)

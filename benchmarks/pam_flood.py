@@ -43,6 +43,7 @@ from broker.limiter import LoginLimiter  # noqa: E402
 from broker.scripts import ScriptRenderer  # noqa: E402
 from broker.tokens import TokenSigner  # noqa: E402
 from broker.web import make_app  # noqa: E402
+from stand_ins import NoHelper, PlainAccounts  # noqa: E402  benchmarks/stand_ins.py: run as python benchmarks/NAME.py
 
 GOOD_PASSWORD = "the-right-one"
 
@@ -64,25 +65,6 @@ class PamUnixLike:
         return False
 
 
-class NoHelper:
-    async def ensure_session(self, image: str, user: str) -> dict[str, Any]:
-        raise AssertionError("nobody boots here")
-
-    async def published(self) -> list[str]:
-        return ["demo"]
-
-    async def health(self) -> dict[str, Any]:
-        return {}
-
-
-class Accounts:
-    def groups_of(self, user: str) -> frozenset[str]:
-        return frozenset()
-
-    def canonical(self, user: str) -> str | None:
-        return user
-
-
 async def start_broker(concurrency: int) -> tuple[web.AppRunner, int, pam_auth.PamAuthenticator]:
     cfg = parse({
         "store": {"path": "/srv/bootbroker"},
@@ -94,7 +76,7 @@ async def start_broker(concurrency: int) -> tuple[web.AppRunner, int, pam_auth.P
     assert broker is not None
     authenticator = pam_auth.PamAuthenticator("bootbroker", broker.pam_concurrency)
     helper = NoHelper()
-    flow = BootFlow(cfg, broker, authenticator, helper, Accounts(), ScriptRenderer(),
+    flow = BootFlow(cfg, broker, authenticator, helper, PlainAccounts(), ScriptRenderer(),
                     TokenSigner(broker.token_ttl), LoginLimiter(broker.limits))
     args = handler_args(broker.request_timeout)
     runner = web.AppRunner(make_app(flow, helper), **args)

@@ -481,9 +481,15 @@ class PamConv(ctypes.Structure):
     _fields_ = [("conv", PamConvFunc), ("appdata_ptr", ctypes.c_void_p)]
 
 
-def run_pam(confdir: Path) -> tuple[int, list[str]]:
+PAM_FAIL_DELAY = 10  # pam_set_item's item type (security/_pam_types.h)
+PamDelayFunc = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p)
+
+
+def run_pam(confdir: Path) -> tuple[int, list[str], list[int]]:
     """libpam reads confdir/bootbroker (pam_start_confdir, Linux-PAM 1.4+) and authenticates an unknown
-    user; returns pam_authenticate's code and the prompts the stack asked."""
+    user; returns pam_authenticate's code, the prompts the stack asked, and the failure delays (in
+    microseconds) its modules asked for: with PAM_FAIL_DELAY set to a function of ours, libpam reports
+    the delay to it instead of sleeping, so no test waits for it."""
     libpam = ctypes.CDLL("libpam.so.0")
     libc = ctypes.CDLL(None)
     libc.calloc.restype = ctypes.c_void_p
@@ -491,6 +497,7 @@ def run_pam(confdir: Path) -> tuple[int, list[str]]:
     libc.strdup.restype = ctypes.c_void_p
     libc.strdup.argtypes = [ctypes.c_char_p]
     prompts: list[str] = []
+    delays: list[int] = []
 
     def converse(count: int, messages: Any, responses: Any, _data: int) -> int:
         answers = ctypes.cast(libc.calloc(count, ctypes.sizeof(PamResponse)), ctypes.POINTER(PamResponse))
@@ -501,23 +508,42 @@ def run_pam(confdir: Path) -> tuple[int, list[str]]:
         return 0
 
     conversation = PamConv(PamConvFunc(converse), None)
+    delay = PamDelayFunc(lambda _status, usec, _data: delays.append(usec))
     handle = ctypes.c_void_p()
     started = libpam.pam_start_confdir(b"bootbroker", b"bootbroker-no-such-user", ctypes.byref(conversation),
                                        str(confdir).encode(), ctypes.byref(handle))
     assert started == 0
+    libpam.pam_set_item.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
+    assert libpam.pam_set_item(handle, PAM_FAIL_DELAY, ctypes.cast(delay, ctypes.c_void_p)) == 0
     code = libpam.pam_authenticate(handle, 0)
     libpam.pam_end(handle, code)
-    return code, prompts
+    return code, prompts, delays
 
 
 def test_libpam_reads_the_service_file_and_asks_pam_unix(tmp_path: Path) -> None:
     confdir = tmp_path / "pam.d"
     confdir.mkdir()
     shutil.copy(PAM_FILE, confdir / "bootbroker")
-    code, prompts = run_pam(confdir)
+    code, prompts, _ = run_pam(confdir)
     assert code in (PAM_AUTH_ERR, PAM_USER_UNKNOWN) and prompts == ["Password: "]
     # The same check on a file libpam cannot use: no prompt, another answer.
     (confdir / "bootbroker").write_text(PAM_FILE.read_text().replace("auth     required  pam_unix.so",
                                                                      "auth     required  pam_unixx.so"))
-    broken, asked = run_pam(confdir)
+    broken, asked, _ = run_pam(confdir)
     assert broken not in (0, PAM_AUTH_ERR, PAM_USER_UNKNOWN) and asked == []
+
+
+def test_pam_unix_is_asked_for_no_failure_delay(tmp_path: Path) -> None:
+    """`nodelay`: libpam would otherwise sleep 2 s in the broker's PAM thread after each wrong password, and
+    `pam_concurrency` wrong guesses a second would hold every PAM thread; the broker tarpits failures itself
+    (`failure_delay`), in the event loop, holding no thread."""
+    confdir = tmp_path / "pam.d"
+    confdir.mkdir()
+    shutil.copy(PAM_FILE, confdir / "bootbroker")
+    code, _, delays = run_pam(confdir)
+    assert code != 0 and delays == [0]
+    # The same stack without `nodelay` asks for pam_unix's 2 s (libpam varies it by up to a quarter):
+    # the test can see a delay when there is one.
+    (confdir / "bootbroker").write_text("auth required pam_unix.so\naccount required pam_unix.so\n")
+    code, _, delays = run_pam(confdir)
+    assert code != 0 and len(delays) == 1 and 1_500_000 <= delays[0] <= 2_500_000
