@@ -147,18 +147,18 @@ class Helper:
                 self.lio.delete_target(target, name, kind)
 
     def repair_lost(self) -> int:
-        """Put back the target and NodeACL of every live session that LIO lost while the helper ran
+        """Put back the target, LUN and NodeACL of every live session that LIO lost while the helper ran
         (`targetctl clear`, a restart of target.service), with the credentials its workstation has, so it
         reconnects by itself. Cheap when nothing is lost (one stat per live session, no lock): the helper
         runs it every few seconds. Returns how many sessions were put back."""
-        if all(self.lio.has_acl(self.config.iscsi.iqn.target(s.image, s.label), s.initiator) for s in self.book.all()):
+        if all(self.lio.serves(self.config.iscsi.iqn.target(s.image, s.label), s.initiator) for s in self.book.all()):
             return 0
         repaired = 0
         with self._lock:
             self.lio.forget()
             for session in self.book.all():  # again under the lock: a login may have been half-way
                 names = self._names(session.image, session.user)
-                if self.lio.has_acl(names.target, session.initiator):
+                if self.lio.serves(names.target, session.initiator):
                     continue
                 meta = self.store.read_meta(self.store.overlay_dir(names.image, names.label))
                 if meta is None:

@@ -194,9 +194,11 @@ class Lio:
             return set()
 
     @staticmethod
-    def has_acl(iqn: str, initiator: str) -> bool:
-        """Whether the NodeACL is in LIO: one stat, cheap enough to ask for every live session."""
-        return (_acl_dir(iqn) / initiator).is_dir()
+    def serves(iqn: str, initiator: str) -> bool:
+        """Whether LIO has the initiator's NodeACL with LUN 0 mapped: one stat, cheap enough to ask for
+        every live session. (A mapped LUN goes with the target's LUN and its storage object; an ACL left
+        without one shows the initiator LIO's empty virtual LUN 0, so the ACL alone proves nothing.)"""
+        return (_acl_dir(iqn) / initiator / f"lun_{LUN_INDEX}").is_dir()
 
     def ensure_acl(self, iqn: str, initiator: str, chap_user: str, chap_secret: str) -> None:
         """Ensure a NodeACL for `initiator` with these CHAP credentials and LUN 0 mapped. Idempotent."""

@@ -87,7 +87,7 @@ class FakeLio:
     def logged_in(self, iqn: str, initiator: str) -> bool:
         return iqn in self.targets and initiator in self.targets[iqn].acls and initiator in self.logged_in_initiators
 
-    def has_acl(self, iqn: str, initiator: str) -> bool:
+    def serves(self, iqn: str, initiator: str) -> bool:
         return iqn in self.targets and initiator in self.targets[iqn].acls
 
     def inventory(self, prefix: str) -> Inventory:
