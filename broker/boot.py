@@ -22,7 +22,7 @@ from .errors import (
     BrokerError, Busy, ErrorCode, InternalError, LoginFailed, NotPermitted, TooManyAttempts, UnknownImage,
 )
 from .identifiers import CHAP_ALPHABET, IMAGE_NAME, USER_NAME, loggable, script_safe
-from .limiter import LoginLimiter
+from .limiter import WAIT, LoginLimiter
 from .metrics import Metrics
 from .scripts import ENTRY, MENU, MESSAGE, NETROOT, SANBOOT, ScriptRenderer
 from .tokens import TokenSigner
@@ -161,6 +161,7 @@ class BootFlow:
         self.signer = signer
         self.limiter = limiter
         self.notes = FailureNotes(clock)
+        self._attempt_ended = asyncio.Condition()  # logins waiting for an attempt in flight to end
         self.metrics = metrics or Metrics()
         self._clock = clock
         self._published: tuple[float, frozenset[str]] = (float("-inf"), frozenset())
@@ -246,27 +247,33 @@ class BootFlow:
         """Ask PAM within the limits; return only if it accepted. The attempt is reserved in the limiter
         before PAM is awaited, so attempts in flight count (issue 15: they all passed a check made first)."""
         shown = loggable(user, 64)  # every valid name fits
-        wait = self.limiter.reserve(user, address)
+        async with self._attempt_ended:
+            while (wait := self.limiter.reserve(user, address)) == WAIT:
+                await self._attempt_ended.wait()  # only attempts in flight fill the limit: until one ends
         if wait > 0:
             self.metrics.login("limited")
             raise TooManyAttempts(f"login of {shown} from {address} refused: too many failures", wait)
         try:
-            ok = bool(USER_NAME.fullmatch(user)) and await self.authenticator.authenticate(user, password)
-        except Busy:
-            # PAM was not asked: no failure to record (the answer says nothing about the account); the
-            # person is told to try again.
-            self.limiter.released(user, address)
-            self.metrics.login("busy")
-            raise
-        except BaseException:
-            self.limiter.released(user, address)
-            raise
-        if not ok:
-            self.limiter.failed(user, address)
-            self.metrics.login("failed")
-            raise LoginFailed(f"login of {shown} from {address} failed")
-        self.limiter.succeeded(user, address)
-        self.metrics.login("ok")
+            try:
+                ok = bool(USER_NAME.fullmatch(user)) and await self.authenticator.authenticate(user, password)
+            except Busy:
+                # PAM was not asked: no failure to record (the answer says nothing about the account); the
+                # person is told to try again.
+                self.limiter.released(user, address)
+                self.metrics.login("busy")
+                raise
+            except BaseException:
+                self.limiter.released(user, address)
+                raise
+            if not ok:
+                self.limiter.failed(user, address)
+                self.metrics.login("failed")
+                raise LoginFailed(f"login of {shown} from {address} failed")
+            self.limiter.succeeded(user, address)
+            self.metrics.login("ok")
+        finally:
+            async with self._attempt_ended:
+                self._attempt_ended.notify_all()
 
     async def _canonical(self, user: str) -> str:
         """The account's own name (in a thread: NSS blocks), checked like any name that reaches a script."""

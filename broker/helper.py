@@ -67,6 +67,7 @@ class Helper:
         self._lock = threading.Lock()
         self._unusable: list[str] = []  # what start-up could not use besides session records, for `health`
         self._publishing: set[tuple[str, str]] = set()  # (image, user) whose overlay is being copied
+        self._missing: set[tuple[str, str]] = set()  # live sessions LIO lacked at the last repair_lost
 
     # start-up
 
@@ -150,15 +151,24 @@ class Helper:
         """Put back the target, LUN and NodeACL of every live session that LIO lost while the helper ran
         (`targetctl clear`, a restart of target.service), with the credentials its workstation has, so it
         reconnects by itself. Cheap when nothing is lost (one stat per live session, no lock): the helper
-        runs it every few seconds. Returns how many sessions were put back."""
-        if all(self.lio.serves(self.config.iscsi.iqn.target(s.image, s.label), s.initiator) for s in self.book.all()):
+        runs it every few seconds. A session is put back only once it was found missing twice in a row: LIO
+        emptied by another program is still changing at the first sight (repairing in the middle of a
+        `targetctl clear` makes it fail, and it then removes half of what was put back). Returns how many
+        sessions were put back."""
+        missing = {
+            (s.image, s.user) for s in self.book.all()
+            if not self.lio.serves(self.config.iscsi.iqn.target(s.image, s.label), s.initiator)
+        }
+        seen_before, self._missing = self._missing, missing
+        due = missing & seen_before
+        if not due:
             return 0
         repaired = 0
         with self._lock:
             self.lio.forget()
             for session in self.book.all():  # again under the lock: a login may have been half-way
                 names = self._names(session.image, session.user)
-                if self.lio.serves(names.target, session.initiator):
+                if (session.image, session.user) not in due or self.lio.serves(names.target, session.initiator):
                     continue
                 meta = self.store.read_meta(self.store.overlay_dir(names.image, names.label))
                 if meta is None:

@@ -4,7 +4,9 @@ Each key keeps the times of its recent failures; a key with too many in the wind
 oldest leaves it. An attempt is reserved before PAM is asked and counts against both keys while PAM thinks
 (seconds, in a thread): otherwise every request already waiting on PAM would have passed a check made
 before any of them failed, and 32 guesses at once would all reach PAM. The reservation then becomes a
-failure, or is given back (a success, or PAM never asked). A success clears the user's failures (not the
+failure, or is given back (a success, or PAM never asked). An attempt that finds the limit reached only
+by attempts in flight is not refused (they may all succeed: a class behind one NAT address logging in
+at 8:00) but told to wait for one of them to end; only recorded failures refuse. A success clears the user's failures (not the
 address's: one good account must not launder an address that is guessing others).
 
 Keys: a user name whatever its case (`Alice` and `alice` are one account to PAM and NSS on most sites, and
@@ -24,6 +26,7 @@ from collections.abc import Callable
 from .config import LoginLimits
 
 SWEEP_EVERY = 1024
+WAIT = -1.0  # reserve(): the limit is full of attempts in flight; ask again when one has ended
 IPV6_CLIENT_PREFIX = 64
 MAX_USER_KEY = 64  # every valid name fits; longer ones share their key by prefix
 
@@ -66,29 +69,31 @@ class LoginLimiter:
             if not times:
                 del table[key]
                 times = None
-        held: list[float] = [*(times or ()), *[now] * in_flight[key]]
-        if len(held) < limit:
-            return 0.0
-        # The first slot to free, if every attempt in flight fails now: the oldest failure's.
-        return held[len(held) - limit] + self.limits.window - now
+        failures = len(times or ())
+        if failures >= limit:  # the first slot to free: the oldest failure's
+            return times[failures - limit] + self.limits.window - now if times else 0.0
+        return WAIT if failures + in_flight[key] >= limit else 0.0
 
     def _keys(self, user: str, address: str) -> tuple[str, str]:
         return user_key(user), address_key(address)
 
     def retry_after(self, user: str, address: str) -> float:
-        """Seconds until this user may try again from this address; 0 when it may now."""
+        """Seconds until this user may try again from this address because of its failures; 0 when it may
+        now; WAIT (negative) when only attempts in flight fill the limit: try again when one has ended."""
         now = self._clock()
         user, address = self._keys(user, address)
-        return max(
+        waits = (
             self._wait(self._by_user, self._in_flight_user, user, self.limits.user_failures, now),
             self._wait(self._by_address, self._in_flight_address, address, self.limits.address_failures, now),
         )
+        return max(waits) if max(waits) > 0 else min(waits)
 
     def reserve(self, user: str, address: str) -> float:
         """Reserve an attempt: 0 when reserved, and the caller must then end it with exactly one of
-        `failed`, `succeeded` or `released`; otherwise the seconds until one may try, nothing reserved."""
+        `failed`, `succeeded` or `released`; WAIT when it must wait for an attempt in flight to end (then
+        ask again); otherwise the seconds until one may try. Nothing is reserved unless 0 is returned."""
         wait = self.retry_after(user, address)
-        if wait <= 0:
+        if wait == 0:
             user, address = self._keys(user, address)
             self._in_flight_user[user] += 1
             self._in_flight_address[address] += 1

@@ -358,9 +358,9 @@ def test_lio_emptied_while_the_helper_runs_is_put_back_and_the_workstation_recon
     with Workstation(lab, grant) as workstation:
         assert workstation.completes("write -f -P 0x4d 0 64k")
         clear_lio(lab)  # as `targetctl clear` or a restart of target.service would, under the running helper
-        # Within the helper's watch interval (10 s; a round that overlapped the clearing is completed by the
-        # next) the target, its LUN and the ACL are back with the same credentials, and the same qemu-io
-        # (libiscsi reconnects by itself) reads what it wrote.
+        # Within two rounds of the helper's watch (10 s each: it repairs what it found missing twice) the
+        # target, its LUN and the ACL are back with the same credentials, and the same qemu-io (libiscsi
+        # reconnects by itself) reads what it wrote.
         mapped = f"/sys/kernel/config/target/iscsi/{grant.target_iqn}/tpgt_1/acls/{grant.initiator_iqn}/lun_0"
         deadline = time.monotonic() + 60
         while lab.run(["test", "-d", mapped], check=False).rc != 0:

@@ -288,7 +288,8 @@ def test_sessions_lio_lost_while_the_helper_runs_are_put_back_with_their_credent
     lio.calls.clear()
     assert helper.repair_lost() == 0 and "ensure_target" not in lio.calls  # nothing lost: nothing done
     lio.targets.clear()  # targetctl clear, or target.service restarted
-    assert helper.repair_lost() == 2
+    assert helper.repair_lost() == 0  # first seen: LIO may still be changing under another program
+    assert helper.repair_lost() == 2  # still missing at the next round: put back
     for grant, label in ((alice, "alice"), (bob, "bob")):
         target = lio.targets[f"iqn.2026-11.org.example.lab:demo.{label}"]
         assert target.acls == {grant["initiator_iqn"]: (grant["chap_user"], grant["chap_secret"])}

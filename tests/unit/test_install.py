@@ -542,8 +542,8 @@ def test_pam_unix_is_asked_for_no_failure_delay(tmp_path: Path) -> None:
     shutil.copy(PAM_FILE, confdir / "bootbroker")
     code, _, delays = run_pam(confdir)
     assert code != 0 and delays == [0]
-    # The same stack without `nodelay` asks for pam_unix's 2 s (libpam varies it by up to a quarter):
+    # The same stack without `nodelay` asks for pam_unix's 2 s (libpam varies it randomly around that):
     # the test can see a delay when there is one.
     (confdir / "bootbroker").write_text("auth required pam_unix.so\naccount required pam_unix.so\n")
     code, _, delays = run_pam(confdir)
-    assert code != 0 and len(delays) == 1 and 1_500_000 <= delays[0] <= 2_500_000
+    assert code != 0 and len(delays) == 1 and 1_000_000 <= delays[0] <= 3_000_000

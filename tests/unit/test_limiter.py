@@ -1,7 +1,7 @@
 import pytest
 
 from broker.config import LoginLimits
-from broker.limiter import SWEEP_EVERY, LoginLimiter, address_key
+from broker.limiter import SWEEP_EVERY, WAIT, LoginLimiter, address_key
 
 LIMITS = LoginLimits(user_failures=3, address_failures=5, window=60.0, failure_delay=1.0)
 
@@ -66,10 +66,14 @@ def test_attempts_in_flight_count_against_the_user_and_the_address() -> None:
     limiter, _ = make()
     admitted = [limiter.reserve("alice", "a1") == 0 for _ in range(32)]
     assert admitted.count(True) == LIMITS.user_failures
-    assert limiter.retry_after("alice", "a2") == 60.0  # the user is full from any address, while PAM thinks
+    # The user is full from any address while PAM thinks: wait for one to end (they may all succeed).
+    assert limiter.retry_after("alice", "a2") == WAIT
     for i in range(LIMITS.address_failures - LIMITS.user_failures):
         assert limiter.reserve(f"other{i}", "a1") == 0
-    assert limiter.reserve("carol", "a1") == 60.0  # and the address is full of attempts in flight
+    assert limiter.reserve("carol", "a1") == WAIT  # and the address is full of attempts in flight
+    for i in range(LIMITS.user_failures):
+        limiter.failed("alice", "a1")
+    assert limiter.reserve("alice", "a2") == 60.0  # failures refuse; only they do
 
 
 def test_a_reservation_becomes_a_failure_or_is_given_back() -> None:
@@ -81,15 +85,15 @@ def test_a_reservation_becomes_a_failure_or_is_given_back() -> None:
     now[0] = 10.0
     for _ in range(2):
         assert limiter.reserve("alice", "a1") == 0
-    # one failure and two in flight: the first slot frees when the failure at 0 leaves the window
-    assert limiter.reserve("alice", "a1") == 50.0
+    # one failure and two in flight: wait for an attempt to end, nothing reserved
+    assert limiter.reserve("alice", "a1") == WAIT
     limiter.succeeded("alice", "a1")  # one in flight succeeds: the user's failures are cleared
     assert limiter.reserve("alice", "a1") == 0
     limiter.failed("alice", "a1")
     limiter.failed("alice", "a1")  # the last two in flight fail, at 10
     assert limiter.retry_after("alice", "a1") == 0  # two failures: below the limit of 3
     assert limiter.reserve("alice", "a1") == 0
-    assert limiter.retry_after("alice", "a1") == 60.0  # two failures and one in flight
+    assert limiter.retry_after("alice", "a1") == WAIT  # two failures and one in flight: until it ends
     now[0] = 70.0
     limiter.released("alice", "a1")
     assert limiter.retry_after("alice", "a1") == 0
