@@ -39,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from broker.boot import BootFlow  # noqa: E402
 from broker.config import parse  # noqa: E402
-from broker.edge import ConnectionCap, GuardedSite, handler_args  # noqa: E402
+from broker.caps import ConnectionCap  # noqa: E402
+from broker.edge import GuardedSite, handler_args  # noqa: E402
 from broker.limiter import LoginLimiter  # noqa: E402
 from broker.scripts import ScriptRenderer  # noqa: E402
 from broker.tokens import TokenSigner  # noqa: E402

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections import Counter
 from ssl import SSLContext
 from typing import Any
 
@@ -27,46 +25,17 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
+from .caps import ConnectionCap
 from .identifiers import loggable
 from .web import HANDLER_LIMITS, AccessLogger
 
 log = logging.getLogger(__name__)
 
-REFUSAL_LOG_INTERVAL = 60.0  # at most one warning a minute per address about refused connections
 
 
 def handler_args(request_timeout: float) -> dict[str, Any]:
     """aiohttp's per-connection settings: parser limits, the access log, and the head deadline."""
     return {**HANDLER_LIMITS, "access_log_class": AccessLogger, "keepalive_timeout": request_timeout}
-
-
-class ConnectionCap:
-    """Open connections per client address, refused above `per_address`. Entries go when they reach 0."""
-
-    def __init__(self, per_address: int, clock: Any = time.monotonic) -> None:
-        self.per_address = per_address
-        self._open: Counter[str] = Counter()
-        self._warned: dict[str, float] = {}
-        self._clock = clock
-
-    def admit(self, address: str) -> bool:
-        if self._open[address] >= self.per_address:
-            now = self._clock()
-            if now - self._warned.get(address, -REFUSAL_LOG_INTERVAL) >= REFUSAL_LOG_INTERVAL:
-                self._warned[address] = now
-                log.warning("%s holds %d connections: further ones are closed as they open", address, self.per_address)
-            return False
-        self._open[address] += 1
-        return True
-
-    def release(self, address: str) -> None:
-        self._open[address] -= 1
-        if self._open[address] <= 0:
-            del self._open[address]
-            self._warned.pop(address, None)
-
-    def open(self, address: str) -> int:
-        return self._open.get(address, 0)
 
 
 class _CappedHandler(RequestHandler):

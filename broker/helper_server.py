@@ -20,14 +20,13 @@ import pwd
 import socket
 import stat
 import struct
-import time
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Flag, auto
 from pathlib import Path
 
 from . import faults
+from .caps import ConnectionCap
 from .config import HelperConfig
 from .errors import BadRequest, BrokerError, Busy, ConfigError, InternalError, NotPermitted
 from .files import others_can_write
@@ -42,7 +41,6 @@ MAX_WAITING = 64  # changing operations running or waiting for the lock at once;
 READ_ONLY = frozenset({"health", "published", "sessions", "backups", "images"})  # take no lock
 READERS = 4
 CONNECTIONS_PER_UID = 64  # the broker holds at most its pool's 16; one user's CLI holds one
-REFUSAL_LOG_INTERVAL = 60.0  # at most one warning a minute per uid about refused connections
 WATCH_INTERVAL = 10.0  # seconds between checks that LIO still has every live session's ACL
 
 
@@ -155,9 +153,7 @@ class HelperServer:
         self._readers = ThreadPoolExecutor(READERS, thread_name_prefix="helper-read")
         self._workers = ThreadPoolExecutor(max_waiting, thread_name_prefix="helper-work")
         self._waiting = 0  # changed only in the event loop's thread
-        self.connections_per_uid = connections_per_uid
-        self._connections: Counter[int] = Counter()  # open connections per peer uid
-        self._warned: dict[int, float] = {}
+        self._connections = ConnectionCap(connections_per_uid)  # per peer uid
 
     async def serve(self) -> asyncio.AbstractServer:
         path = self.config.socket
@@ -203,11 +199,10 @@ class HelperServer:
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = identify(writer.get_extra_info("socket"), self.groups)
-        if self._connections[peer.uid] >= self.connections_per_uid:
-            self._refused(peer)
+        client = f"uid {peer.uid}"
+        if not self._connections.admit(client):
             writer.close()
             return
-        self._connections[peer.uid] += 1
         try:
             while True:
                 try:
@@ -225,17 +220,7 @@ class HelperServer:
             pass
         finally:
             writer.close()
-            self._connections[peer.uid] -= 1
-            if self._connections[peer.uid] <= 0:
-                del self._connections[peer.uid]
-
-    def _refused(self, peer: Peer) -> None:
-        """Log a refused connection once a minute per uid: an exhausting client must not flood the log too."""
-        now = time.monotonic()
-        if now - self._warned.get(peer.uid, -REFUSAL_LOG_INTERVAL) >= REFUSAL_LOG_INTERVAL:
-            self._warned[peer.uid] = now
-            log.warning("uid %d (pid %d) holds %d connections to the helper: further ones are closed as they open",
-                        peer.uid, peer.pid, self.connections_per_uid)
+            self._connections.release(client)
 
     async def answer(self, peer: Peer, line: bytes) -> bytes:
         try:

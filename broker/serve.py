@@ -18,7 +18,8 @@ from aiohttp import web
 from .access import NssDirectory
 from .boot import BootFlow
 from .config import BrokerConfig, Config
-from .edge import ConnectionCap, GuardedSite, handler_args
+from .caps import ConnectionCap
+from .edge import GuardedSite, handler_args
 from .errors import BadRequest, InternalError, UnsupportedVersion
 from .helper_client import HelperClient
 from .limiter import LoginLimiter

@@ -12,7 +12,8 @@ from aiohttp import web
 
 from broker.boot import BootFlow
 from broker.config import Config
-from broker.edge import ConnectionCap, GuardedSite, handler_args
+from broker.caps import ConnectionCap
+from broker.edge import GuardedSite, handler_args
 from broker.limiter import LoginLimiter
 from broker.scripts import ScriptRenderer
 from broker.tokens import TokenSigner
