@@ -99,7 +99,8 @@ class Helper:
             for version in self.store.discard_unfinished(image):
                 log.warning("reconcile: removing %s v%d: its publish was interrupted before it became current",
                             image, version)
-        self._unusable = [e.message for e in self.store.damaged()]
+        damaged = self.store.damaged()
+        self._unusable = [e.message for e in damaged]
         for note in self._unusable:
             log.error("reconcile: %s", note)
         live: dict[str, str] = {}  # target IQN -> initiator of its live session
@@ -118,8 +119,7 @@ class Helper:
                 self.book.remove(session.image, session.user)
                 continue
             try:
-                self._export(names, meta)
-                self.lio.ensure_acl(names.target, session.initiator, session.chap_user, session.chap_secret)
+                self._put_back(names, session, meta)
             except BrokerError as e:
                 # Kept: the record is retried at the next start; everyone else is served meanwhile.
                 note = f"session of {session.user} on {session.image} not restored: {e.message}"
@@ -138,7 +138,7 @@ class Helper:
             storage_object_name(meta.image, overlay.name) for overlay, meta in self.store.list_overlays()
         } | {  # a damaged overlay keeps its target: only its metadata is unknown
             storage_object_name(e.path.parent.parent.name, e.path.parent.name)
-            for e in self.store.damaged() if e.path.parent.parent.parent == self.store.overlays
+            for e in damaged if e.path.parent.parent.parent == self.store.overlays
         }
         for name, kind in inventory.storage_objects.items():
             if name not in wanted:
@@ -146,6 +146,12 @@ class Helper:
                 target = self.config.iscsi.iqn.target(image, label)
                 log.warning("reconcile: removing target %s: its overlay is gone", target)
                 self.lio.delete_target(target, name, kind)
+
+    def _put_back(self, names: Names, session: BootSession, meta: OverlayMeta) -> None:
+        """Export the overlay and give the session's initiator its ACL with the credentials it has, as after
+        a reboot or a `targetctl clear`. Idempotent. Call with the lock held."""
+        self._export(names, meta)
+        self.lio.ensure_acl(names.target, session.initiator, session.chap_user, session.chap_secret)
 
     def repair_lost(self) -> int:
         """Put back the target, LUN and NodeACL of every live session that LIO lost while the helper ran
@@ -173,8 +179,7 @@ class Helper:
                 meta = self.store.read_meta(self.store.overlay_dir(names.image, names.label))
                 if meta is None:
                     continue
-                self._export(names, meta)
-                self.lio.ensure_acl(names.target, session.initiator, session.chap_user, session.chap_secret)
+                self._put_back(names, session, meta)
                 repaired += 1
         if repaired:
             log.warning("LIO lost %d live session(s) while the helper ran (targetctl clear, or target.service "
@@ -321,10 +326,14 @@ class Helper:
             session = self.book.get(names.image, names.user)
             if session is None:
                 raise NoSuchSession(f"{names.user} has no live session on {names.image}")
-            self.lio.delete_acl(names.target, session.initiator)
-            self.book.remove(names.image, names.user)
+            self._end(names, session)
         log.info("ended session of %s on %s", names.user, names.image)
         return {"ended": True}
+
+    def _end(self, names: Names, session: BootSession) -> None:
+        """Delete the session's ACL (the kernel drops its connection), then its record. Call with the lock held."""
+        self.lio.delete_acl(names.target, session.initiator)
+        self.book.remove(names.image, names.user)
 
     def reset(self, image: object, user: object) -> dict[str, Any]:
         """Give the user a fresh overlay of `image` (None: of every image they have one of) at the next
@@ -506,8 +515,7 @@ class Helper:
                 if self.lio.logged_in(names.target, session.initiator):
                     raise Conflict(f"{names.user} is logged in on {names.image}: publish when that workstation is off, "
                                    "or end the session first")
-                self.lio.delete_acl(names.target, session.initiator)
-                self.book.remove(names.image, names.user)
+                self._end(names, session)
                 log.info("ended the session of %s on %s to publish the overlay", names.user, names.image)
             self._publishing.add((names.image, names.user))
         try:

@@ -158,11 +158,9 @@ class Store:
         from. Returns the versions removed."""
         directory = self.images / image
         current = self.current_version(image) if self.has_current(image) else None
-        pins = self.pins()
-        unfinished = [
-            v for v in self.versions(image)
-            if self._publishing_mark(image, v).exists() and v != current and (image, v) not in pins
-        ]
+        marked = [v for v in self.versions(image) if self._publishing_mark(image, v).exists() and v != current]
+        pins = self.pins() if marked else {}  # reads every overlay's metadata: only when there is a candidate
+        unfinished = [v for v in marked if (image, v) not in pins]
         for v in unfinished:
             self._remove_version(image, v)
         for leftover in [*directory.glob("v*.sha256"), *directory.glob("v*.publishing")]:
