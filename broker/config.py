@@ -426,13 +426,13 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Config:
     if not images:
         r.problems.append("[images]: define at least one image, e.g. [images.debian] description = \"Debian 12\"")
 
-    iqn = iscsi.iqn
     for name in images:
-        if iqn.longest_name(name) > MAX_IQN_LENGTH and domain is not None:
+        longest = iscsi.iqn.longest_name(name)
+        if longest > MAX_IQN_LENGTH and domain is not None:
             r.problems.append(
                 f"[images.{name}]: with [iscsi] domain {domain!r}, a login's initiator name would be up to "
-                f"{iqn.longest_name(name)} bytes, over LIO's {MAX_IQN_LENGTH}: shorten the image name or the domain "
-                f"by {iqn.longest_name(name) - MAX_IQN_LENGTH} characters")
+                f"{longest} bytes, over LIO's {MAX_IQN_LENGTH}: shorten the image name or the domain "
+                f"by {longest - MAX_IQN_LENGTH} characters")
         dm_name = len(storage_object_name(name, "x" * MAX_LABEL_LENGTH))
         if backend is BackendKind.DM_SNAPSHOT and dm_name > MAX_DM_NAME_LENGTH:
             r.problems.append(
