@@ -27,6 +27,8 @@ HOST_PACKAGES = (
     "openssl", "curl", "make", "libpam-modules",
     # the bootable golden image the lab's iPXE workstations boot (lab/golden.py)
     "extlinux", "syslinux-common", "fdisk",
+    # the real OS (lab/realos.py): bootbroker images build's tools, and UEFI workstations' firmware
+    "mmdebstrap", "dosfstools", "mtools", "ovmf",
 )
 
 # Only for the benchmarks (scripts/lab bench): the mktgt approach's userspace target, tgtd.

@@ -30,13 +30,17 @@ PROGRESS_EVERY = 20.0  # seconds
 KEYS = {"-": "minus", ".": "dot", " ": "spc", "_": "shift-minus", "@": "shift-2", "/": "slash"}
 
 
+OVMF = Path("/usr/share/ovmf/OVMF.fd")  # Debian's ovmf: UEFI firmware for qemu
+
+
 class IpxeClient:
     """One workstation with the network card `nic`; `rom` replaces its iPXE ROM (Debian 13's virtio ROM
     expects the modern virtio device ID that Debian 12's qemu does not give, so it uses e1000); `capture`
-    records its network traffic (pcap)."""
+    records its network traffic (pcap). `firmware` is "bios" (SeaBIOS) or "uefi" (OVMF; the NIC's ROM then
+    runs iPXE's EFI build); a real OS needs `memory_mb` of 1024 or so."""
 
     def __init__(self, lab: Lab, name: str = "client", *, nic: str = "virtio-net-pci", rom: Path | None = None,
-                 capture: bool = False) -> None:
+                 capture: bool = False, firmware: str = "bios", memory_mb: int = 256) -> None:
         self.lab = lab
         self.dir = lab.work_dir / name
         self.console = self.dir / "console.log"
@@ -44,6 +48,10 @@ class IpxeClient:
         self.nic = nic
         self.rom = rom
         self.capture = self.dir / "network.pcap" if capture else None
+        if firmware not in ("bios", "uefi"):
+            raise ValueError(f"firmware {firmware!r}: bios or uefi")
+        self.firmware = firmware
+        self.memory_mb = memory_mb
         self.process: subprocess.Popen[bytes] | None = None
         # Called with a line every PROGRESS_EVERY seconds of a long wait (the demo prints it).
         self.progress: Callable[[str], None] | None = None
@@ -53,10 +61,11 @@ class IpxeClient:
             f"guestfwd=tcp:{CLIENT_SIDE}:{guest}-cmd:{sys.executable} {GUESTFWD} {host}"
             for guest, host in ((8080, self.lab.http_port), (8443, self.lab.broker_port), (3260, self.lab.iscsi_port))
         ]
-        nic = f"{self.nic},netdev=net0" + (f",romfile={self.rom}" if self.rom else "")
+        nic = f"{self.nic},netdev=net0,bootindex=1" + (f",romfile={self.rom}" if self.rom else "")
         dump = ["-object", f"filter-dump,id=dump0,netdev=net0,file={self.capture}"] if self.capture else []
+        firmware = ["-bios", str(OVMF)] if self.firmware == "uefi" else []
         return [
-            "qemu-system-x86_64", "-accel", "tcg", "-m", "256", "-machine", "pc,graphics=off",
+            "qemu-system-x86_64", "-accel", "tcg", "-m", str(self.memory_mb), "-machine", "pc,graphics=off", *firmware,
             "-display", "none", "-serial", f"file:{self.console}",
             "-monitor", f"unix:{self.monitor},server,nowait",
             "-netdev", ",".join(["user,id=net0,restrict=on", f"bootfile={bootfile}", *forwards]),

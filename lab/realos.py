@@ -1,0 +1,53 @@
+"""The lab's real operating system: Debian 12 built by `bootbroker images build`, as a site builds it.
+
+Built on the host (it reaches Debian's mirror; the lab VM's network reaches nothing) and cached, keyed by
+its inputs: the builder's code, the lab's customize script, and the options. The lab VM sees the host's
+files at the same paths, so the helper in it publishes the cached file directly.
+
+What the tests read on the workstation's serial console comes from lab/os-customize: once multi-user is
+reached, one line with the boot count kept on the disk itself (`MARKER`), and root's shell.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from lab.build import cache_dir, log
+from lab.vm import REPO
+
+CUSTOMIZE = Path(__file__).with_name("os-customize")
+BUILDER = ("broker/images/build.py", "broker/images/grub.py")
+SIZE = "3G"  # a real, sparse disk: about 900 MiB of it is written
+MARKER = "lab-os: multi-user reached; boot "
+MARKED = re.compile(r"lab-os: multi-user reached; boot (\d+) of this disk; root (\S+) on iSCSI target (\S+); "
+                    r"recovery_tmo (\S+)")
+
+
+def ensure_os_image(cache: Path | None = None) -> Path:
+    """The built Debian image, from the cache or built now (a few minutes, with progress)."""
+    cache = cache or cache_dir()
+    digest = hashlib.sha256(SIZE.encode())
+    for part in (*(REPO / name for name in BUILDER), CUSTOMIZE):
+        digest.update(part.name.encode() + b"\0" + part.read_bytes())
+    image = cache / f"debian12-{digest.hexdigest()[:16]}.img"
+    if not image.exists():
+        log(f"building the lab's Debian image {image.name} with bootbroker images build (a few minutes)")
+        subprocess.run(
+            [sys.executable, "-m", "broker.cli", "images", "build", str(image), "--size", SIZE,
+             "--hostname", "lab-os", "--customize", str(CUSTOMIZE)],
+            check=True, cwd=REPO, stdout=sys.stderr,
+        )
+        for old in cache.glob("debian12-*.img"):
+            if old != image:
+                log(f"removing old {old.name}")
+                old.unlink()
+    return image
+
+
+def boots(screen: str) -> list[tuple[int, str, str, str]]:
+    """Each marker line on a console: (boot count, root device, target IQN, recovery_tmo)."""
+    return [(int(m[1]), m[2], m[3], m[4]) for m in MARKED.finditer(screen)]
