@@ -190,6 +190,53 @@ def cmd_health(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _finding_line(finding: Any) -> str:
+    return f"{finding.level.value:7} {finding.topic}: {finding.message}"
+
+
+def _check_summary(path: Path, findings: list[Any]) -> tuple[int, int, str]:
+    from .images.check import Level
+
+    errors = sum(1 for f in findings if f.level is Level.ERROR)
+    warnings = sum(1 for f in findings if f.level is Level.WARNING)
+    verdict = "fix the errors before publishing it" if errors else "it can be published"
+    return errors, warnings, f"{path}: {errors} error(s), {warnings} warning(s): {verdict}"
+
+
+def cmd_images_check(args: argparse.Namespace) -> int:
+    from .images.check import check_image
+
+    path = Path(args.file)
+    findings = check_image(path)
+    errors, warnings, summary = _check_summary(path, findings)
+    if args.json:
+        print(json.dumps({"file": str(path), "errors": errors, "warnings": warnings,
+                          "findings": [f.as_dict() for f in findings]}, indent=2, sort_keys=True))
+    else:
+        print("\n".join([*map(_finding_line, findings), summary]))
+    return EXIT_ERROR if errors else EXIT_OK
+
+
+def _publish_check(path: Path) -> bool:
+    """Run `images check` on a FILE about to be published; print what is not ok; False if it has errors."""
+    from .errors import BackendFailure
+    from .images.check import Level, check_image
+
+    try:
+        findings = check_image(path)
+    except BackendFailure as e:
+        raise BackendFailure(f"{e.message} (or pass --no-check to publish without checking the image)") from e
+    for finding in findings:
+        if finding.level is not Level.OK:
+            print(_finding_line(finding), file=sys.stderr)
+    errors, _, summary = _check_summary(path, findings)
+    if errors:
+        print(f"{summary}\nbootbroker images publish: not published; see `bootbroker images check {path}`, fix "
+              "the image, or pass --no-check to publish it anyway", file=sys.stderr)
+        return False
+    return True
+
+
 def cmd_images_publish(args: argparse.Namespace) -> int:
     if (args.file is None) == (args.from_overlay is None):
         raise SystemExit("bootbroker images publish: give FILE or --from-overlay IMAGE USER (one of them)")
@@ -199,6 +246,8 @@ def cmd_images_publish(args: argparse.Namespace) -> int:
         result = _client(args).call("publish_overlay", image=args.image, from_image=from_image, user=user)
     else:
         source = os.path.abspath(args.file)
+        if not args.no_check and not _publish_check(Path(args.file)):
+            return EXIT_ERROR
         result = _client(args).call("publish", image=args.image, source=source)
     print(f"published {result['image']} version {result['version']} from {source}\n"
           f"  sha256 {result['sha256']}" + ("" if result["immutable"] else
@@ -316,6 +365,22 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("file", nargs="?", help="a raw disk image file")
     publish.add_argument("--from-overlay", nargs=2, metavar=("FROM_IMAGE", "USER"),
                          help="publish USER's overlay of FROM_IMAGE instead of a file")
+    publish.add_argument("--no-check", action="store_true",
+                         help="publish FILE even if `images check` finds errors in it (FILE is checked first "
+                              "otherwise; warnings never stop a publish)")
+    check = images_sub.add_parser(
+        "check", help="check a raw disk image FILE before publishing it: will it boot as an iSCSI disk?",
+        description="Read a raw disk image FILE (no loop device, no mount) and report, one line each, what "
+                    "was found and what to change: the partition table, BIOS and UEFI boot (boot code, BIOS "
+                    "boot partition, \\EFI\\BOOT\\BOOTX64.EFI), the root filesystem named by UUID in "
+                    "/etc/fstab and on the kernel command line, and an initramfs that logs in to the iSCSI "
+                    "disk from the iBFT (open-iscsi with ISCSI_AUTO=true, or dracut with rd.iscsi.firmware=1). "
+                    "Exits 1 if there are errors (`images publish` then refuses FILE), 0 otherwise. Needs "
+                    "fdisk, mtools, e2fsprogs, initramfs-tools-core and zstd.",
+    )
+    check.set_defaults(handler=cmd_images_check)
+    check.add_argument("file", help="a raw disk image file (the whole disk, not a partition)")
+    check.add_argument("--json", action="store_true", help="print JSON for scripts")
     listing = images_sub.add_parser(
         "list", help="versions of every image: current, size, bytes used, overlays and backups made from each",
     )
