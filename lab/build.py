@@ -29,6 +29,8 @@ HOST_PACKAGES = (
     "extlinux", "syslinux-common", "fdisk",
     # the real OS (lab/realos.py): bootbroker images build's tools, and UEFI workstations' firmware
     "mmdebstrap", "dosfstools", "mtools", "ovmf",
+    # bootbroker images check (broker/images/check.py): lsinitramfs/unmkinitramfs, and zstd for Debian 12's initrds
+    "initramfs-tools-core", "zstd",
 )
 
 # Only for the benchmarks (scripts/lab bench): the mktgt approach's userspace target, tgtd.
