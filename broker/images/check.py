@@ -273,14 +273,14 @@ def _mtools_env() -> dict[str, str]:
 
 
 def _fat_paths(disk: _Disk, part: _Partition) -> list[str] | None:
-    """Every path in the FAT filesystem at `part`, lower case, without the leading `::/`; None if not FAT."""
+    """Every path in the FAT filesystem at `part`, without the leading `::/`; None if not FAT."""
     result = _run(["mdir", "-/", "-b", "-i", f"{disk.link}@@{part.start}", "::/"], env=_mtools_env())
     if result.returncode != 0:
         return None
     paths = []
     for line in result.stdout.decode(errors="replace").splitlines():
         if line.startswith("::/"):
-            paths.append(line[3:].rstrip("/").lower())
+            paths.append(line[3:].rstrip("/"))
     return paths
 
 
@@ -295,15 +295,15 @@ def _uefi_boot(disk: _Disk, table: _Table) -> _Boot:
         if paths is None:
             return _Boot(False, f"the EFI system partition ({p.number}) holds no FAT filesystem mtools can read: "
                                 "format it (mkfs.vfat) and run grub-install --target=x86_64-efi --removable")
-        if BOOTX64 in paths:
+        if BOOTX64 in (q.lower() for q in paths):  # FAT names are case-insensitive
             return _Boot(True, f"EFI system partition ({p.number}) with \\EFI\\BOOT\\BOOTX64.EFI")
-        loaders = sorted(q for q in paths if q.startswith("efi/") and q.endswith(".efi"))
+        loaders = sorted(q for q in paths if q.lower().startswith("efi/") and q.lower().endswith(".efi"))
         # With Secure Boot the shim is the first stage; it loads grubx64.efi from its own directory.
-        pick = next((q for q in loaders if q.endswith("/shimx64.efi")), None) or \
-            next((q for q in loaders if q.endswith("/grubx64.efi")), None) or (loaders[0] if loaders else None)
+        pick = next((q for q in loaders if q.lower().endswith("/shimx64.efi")), None) or \
+            next((q for q in loaders if q.lower().endswith("/grubx64.efi")), None) or (loaders[0] if loaders else None)
         if pick is not None:
-            shown = "\\" + pick.replace("/", "\\").upper()
-            extra = " (and grubx64.efi beside it)" if pick.endswith("shimx64.efi") else ""
+            shown = "\\" + pick.replace("/", "\\")
+            extra = " (and grubx64.efi beside it)" if pick.lower().endswith("shimx64.efi") else ""
             return _Boot(False, (
                 f"the EFI system partition ({p.number}) has {shown} but no \\EFI\\BOOT\\BOOTX64.EFI: copy it to "
                 f"\\EFI\\BOOT\\BOOTX64.EFI{extra}, or run grub-install --force-extra-removable in the image "
@@ -726,13 +726,13 @@ def _iscsid_setting(text: str, key: str) -> str | None:
 
 
 def _udev_recovery_timeout(files: _Files) -> int | None:
-    """The longest recovery_tmo a udev rule gives iSCSI sessions, if any rule sets one."""
+    """The longest recovery_tmo a udev rule in /etc/udev/rules.d gives iSCSI sessions (no Debian package
+    sets one, so the packages' own rules are not read: that would be a hundred debugfs runs)."""
     found = []
-    for directory in ("/etc/udev/rules.d", "/usr/lib/udev/rules.d"):
-        for name in files.listdir(directory):
-            if name.endswith(".rules"):
-                text = files.read(f"{directory}/{name}") or ""
-                found += [int(v) for v in re.findall(r'ATTR\{recovery_tmo\}\s*=\s*"(\d+)"', text)]
+    for name in files.listdir("/etc/udev/rules.d"):
+        if name.endswith(".rules"):
+            text = files.read(f"/etc/udev/rules.d/{name}") or ""
+            found += [int(v) for v in re.findall(r'ATTR\{recovery_tmo\}\s*=\s*"(\d+)"', text)]
     return max(found, default=None)
 
 

@@ -216,8 +216,17 @@ def test_no_removable_loader_says_to_copy_debians(copy: Path) -> None:
     assert uefi.level is Level.WARNING  # BIOS still boots it
     assert "UEFI workstations" in uefi.message
     assert "copy it to \\EFI\\BOOT\\BOOTX64.EFI" in uefi.message
-    assert "\\EFI\\DEBIAN\\GRUBX64.EFI" in uefi.message
+    assert "has \\EFI\\debian\\grubx64.efi but" in uefi.message
     assert only(findings, "BIOS boot").level is Level.OK
+
+
+def test_the_removable_loader_in_lower_case_is_found(copy: Path, tmp_path: Path) -> None:
+    esp = f"{copy}@@{ESP_START}"
+    loader = tmp_path / "bootx64.efi"
+    loader.write_bytes(b"MZ")
+    run("mdel", "-i", esp, "::/EFI/BOOT/BOOTX64.EFI", env=MTOOLS)
+    run("mcopy", "-i", esp, str(loader), "::/EFI/BOOT/bootx64.efi", env=MTOOLS)
+    assert only(check_image(copy), "UEFI boot").level is Level.OK
 
 
 def test_no_bios_boot_code_is_a_warning_naming_legacy_workstations(copy: Path) -> None:
