@@ -26,11 +26,15 @@ def _config(args: argparse.Namespace) -> config_module.Config:
     return config_module.load(Path(args.config))
 
 
-def _client(args: argparse.Namespace) -> Any:
+# A publish copies and checksums the whole disk (minutes for a few GiB on slow disks); the rest answer at once.
+PUBLISH_WAIT = 3600.0
+
+
+def _client(args: argparse.Namespace, timeout: float = 60.0) -> Any:
     from .helper_client import HelperClient
 
     socket_path = Path(args.socket) if args.socket else _config(args).helper.socket
-    return HelperClient(socket_path)
+    return HelperClient(socket_path, timeout=timeout)
 
 
 def _print(args: argparse.Namespace, data: Any, text: Callable[[Any], str]) -> None:
@@ -243,12 +247,15 @@ def cmd_images_publish(args: argparse.Namespace) -> int:
     if args.from_overlay:
         from_image, user = args.from_overlay
         source = f"the overlay of {user} on {from_image}"
-        result = _client(args).call("publish_overlay", image=args.image, from_image=from_image, user=user)
+        print(f"publishing {source}: the helper copies and checksums the whole disk", file=sys.stderr)
+        result = _client(args, PUBLISH_WAIT).call("publish_overlay", image=args.image, from_image=from_image, user=user)
     else:
         source = os.path.abspath(args.file)
         if not args.no_check and not _publish_check(Path(args.file)):
             return EXIT_ERROR
-        result = _client(args).call("publish", image=args.image, source=source)
+        size = f" ({os.path.getsize(source) / 2**30:.1f} GiB)" if os.path.isfile(source) else ""
+        print(f"publishing {source}{size}: the helper copies and checksums it", file=sys.stderr)
+        result = _client(args, PUBLISH_WAIT).call("publish", image=args.image, source=source)
     print(f"published {result['image']} version {result['version']} from {source}\n"
           f"  sha256 {result['sha256']}" + ("" if result["immutable"] else
                                             "\n  (not made immutable: the store's filesystem has no such flag)"))
@@ -296,6 +303,46 @@ def cmd_images_current(args: argparse.Namespace) -> int:
     print(f"{result['image']}: v{result['current']} is current (was v{result['previous']}); new overlays are made "
           "from it, existing ones stay on their version (see rebase)")
     return EXIT_OK
+
+
+def _secret_from(path: str | None, what: str) -> str | None:
+    """A password from a file (or '-' for standard input): never from the command line, where `ps` shows it."""
+    if path is None:
+        return None
+    text = sys.stdin.readline() if path == "-" else Path(path).read_text()
+    secret = text.rstrip("\n")
+    if not secret:
+        raise SystemExit(f"bootbroker images build: {what} from {path} is empty")
+    return secret
+
+
+def cmd_images_build(args: argparse.Namespace) -> int:
+    from .images.build import BuildOptions, build_image
+
+    try:
+        options = BuildOptions(
+            output=Path(args.output), size=args.size, packages=tuple(args.package), hostname=args.hostname,
+            mirror=args.mirror, root_password=_secret_from(args.root_password_file, "the root password"),
+            user=args.user, user_password=_secret_from(args.user_password_file, "the user's password"),
+            customize=tuple(Path(c) for c in args.customize), force=args.force,
+        )
+    except OSError as e:
+        raise SystemExit(f"bootbroker images build: {e}") from None
+    began = time.monotonic()
+    build_image(options)
+    print(f"built {options.output} in {time.monotonic() - began:.0f} s: Debian 12 for an iSCSI root, BIOS and UEFI\n"
+          f"  check it:   bootbroker images check {options.output}\n"
+          f"  publish it: bootbroker images publish IMAGE {options.output}")
+    return EXIT_OK
+
+
+def _size(text: str) -> int:
+    """A size such as 4G, 2560M or a number of bytes."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    number, unit = text[:-1] if text[-1:].isalpha() else text, text[-1:].upper() if text[-1:].isalpha() else ""
+    if not number.isdigit() or unit not in units:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a size such as 4G or 2560M")
+    return int(number) * units[unit]
 
 
 def _version(text: str) -> int:
@@ -400,6 +447,32 @@ def build_parser() -> argparse.ArgumentParser:
                     "made from, e.g. to go back from a bad publish. Overlays already made stay on their version; "
                     "`rebase` moves a user. Never edit the store's `current` file by hand.",
     )
+    build = images_sub.add_parser(
+        "build", help="build a bootable Debian 12 disk image for iSCSI root from Debian's packages (root)",
+        description="Build OUTPUT, a raw disk image of Debian 12 made with mmdebstrap from Debian's packages, "
+                    "that any workstation boots from its iSCSI disk: GPT with GRUB for BIOS and UEFI (the "
+                    "removable path \\EFI\\BOOT\\BOOTX64.EFI), root by UUID, open-iscsi in the initramfs logging "
+                    "in from the iBFT that iPXE leaves, sessions kept at shutdown, timeouts that ride out a "
+                    "helper restart or a server reboot, a serial console. Needs root, network access to the "
+                    "Debian mirror, and the packages mmdebstrap, fdisk, dosfstools, mtools, e2fsprogs; no loop "
+                    "devices. Takes a few minutes; then `images check` and `images publish` it.",
+    )
+    build.set_defaults(handler=cmd_images_build)
+    build.add_argument("output", help="the disk image file to write (sparse)")
+    build.add_argument("--size", type=_size, default="4G", help="the disk's size, e.g. 8G (default: %(default)s)")
+    build.add_argument("--package", action="append", default=[], metavar="NAME",
+                       help="a Debian package to add (repeat for more), e.g. --package sudo --package vim")
+    build.add_argument("--hostname", default="workstation", help="the system's host name (default: %(default)s)")
+    build.add_argument("--mirror", help="a Debian mirror URL or sources line (default: mmdebstrap's, with updates "
+                                        "and security)")
+    build.add_argument("--root-password-file", metavar="FILE",
+                       help="set root's password from FILE's first line ('-': standard input); default: root locked")
+    build.add_argument("--user", help="create this local account")
+    build.add_argument("--user-password-file", metavar="FILE", help="its password, as --root-password-file")
+    build.add_argument("--customize", action="append", default=[], metavar="SCRIPT",
+                       help="an executable run with the image's root directory as $1 before the disk is made "
+                            "(repeatable), e.g. to add files or enable units")
+    build.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     current.set_defaults(handler=cmd_images_current)
     current.add_argument("image", help="an image named in the configuration")
     current.add_argument("version", type=_version, help="a published version, e.g. 2")

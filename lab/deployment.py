@@ -126,8 +126,8 @@ groups = ["bootbroker-helpdesk"]
     def cli_argv(self, *args: str) -> list[str]:
         return [str(self.lab.python), "-m", "broker.cli", "--config", self.config, *args]
 
-    def cli(self, *args: str, user: str | None = None, check: bool = True) -> LabResult:
-        return self.lab.run(self.cli_argv(*args), user=user, check=check, cwd=str(self.lab.repo))
+    def cli(self, *args: str, user: str | None = None, check: bool = True, timeout: float = 120) -> LabResult:
+        return self.lab.run(self.cli_argv(*args), user=user, check=check, cwd=str(self.lab.repo), timeout=timeout)
 
     def cli_json(self, *args: str, user: str | None = None) -> Any:
         return json.loads(self.cli(*args, "--json", user=user).stdout)

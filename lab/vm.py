@@ -27,7 +27,7 @@ from lab.build import cache_dir as default_cache_dir
 REPO = Path(__file__).resolve().parents[1]
 GUEST_IP = "10.0.2.15"
 GUEST_PORTS = {"agent": 7000, "iscsi": 3260, "broker": 8443, "http": 8080}
-DISK_SIZE = 2 << 30
+DISK_SIZE = 4 << 30  # room for the real OS image (lab/realos.py) and its users' overlays
 # (device, filesystem, mkfs): made on the host, where mkfs is fast; mounted at /srv/<filesystem>.
 DISKS = (
     ("vda", "btrfs", ["mkfs.btrfs", "-q", "-f"]),

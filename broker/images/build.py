@@ -238,6 +238,10 @@ terminal_input serial console
 terminal_output serial console
 set timeout=1
 search --no-floppy --fs-uuid --set=root {root_uuid}
+if [ "$grub_platform" = efi ]; then
+    # The firmware's framebuffer for Linux's efifb: without it the screen stays dark until a DRM driver loads.
+    insmod all_video
+fi
 menuentry 'Debian GNU/Linux 12 on its iSCSI disk' {{
     insmod gzio
     # /vmlinuz and /initrd.img follow the installed kernel (Debian's kernel packages keep these links).
