@@ -3,26 +3,36 @@ real iPXE workstations, BIOS (SeaBIOS) and UEFI (OVMF), from the user's overlay 
 
 iPXE logs in and `sanboot`s; GRUB reads the kernel and initramfs through iPXE's SAN hook; the initramfs's
 open-iscsi logs in again with what the iBFT says (this boot session's initiator name and CHAP secret);
-systemd reaches multi-user and the lab's unit (lab/os-customize) counts the boot in a file on the root
-filesystem, synced, and prints it on the serial console. One scenario serves several checks, since each
-boot costs minutes under TCG.
+systemd reaches multi-user and the lab's units (lab/os-customize) count the boot in a file on the root
+filesystem and, every 10 s, write and sync a heartbeat there, each printed on the serial console. Each
+boot costs minutes under TCG, so one running OS serves several checks; the tests run in file order and
+the last one cuts the server's power.
 """
 
 from __future__ import annotations
 
+import re
+import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
+from broker.images.build import ROOT_START
 from lab import realos
 from lab.broker import BrokerDeployment, running
-from lab.deployment import Deployment, refused_logins
+from lab.deployment import Deployment, prepare_accounts, refused_logins
 from lab.ipxe_client import CLIENT_SIDE, IpxeClient
+from lab.timeline import Timeline
 from lab.vm import Lab
 
 STORE = "/srv/btrfs/bootbroker-os"
 OS_BOOT = 900.0  # seconds from the disk menu to multi-user under TCG, with room to spare
+HEARTBEAT = re.compile(r"lab-os: heartbeat (\d+)")
+# What the kernel prints when an I/O error reaches the OS's disk or filesystem.
+IO_FAILURE = re.compile(r"I/O error|EXT4-fs error|Remounting filesystem read-only|Aborting journal")
+
+Report = Callable[[str], None]
 
 
 @pytest.fixture(scope="module")
@@ -37,52 +47,168 @@ def broker(lab: Lab) -> Iterator[BrokerDeployment]:
         yield deployed
 
 
-def boot_os(workstation: IpxeClient, broker: BrokerDeployment, user: str) -> tuple[int, str, str, str]:
-    """Log in as `user` at a fresh workstation, boot the first disk, wait for the OS's marker line."""
+@pytest.fixture
+def report(request: pytest.FixtureRequest) -> Report:
+    """Print a figure in the test run's output (the boot phases), not only on failure."""
+    terminal = request.config.pluginmanager.getplugin("terminalreporter")
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+
+    def emit(text: str) -> None:
+        with capture.global_and_fixture_disabled():  # else the line is captured, and dropped on a pass
+            terminal.write_line(text)
+
+    return emit
+
+
+def boot_os(workstation: IpxeClient, broker: BrokerDeployment, user: str,
+            report: Report | None = None) -> tuple[int, str, str, str]:
+    """Log in as `user` at a fresh workstation, boot the first disk, wait for the OS's marker line; returns
+    (boot count on the disk, root device, target IQN, the root session's recovery_tmo)."""
     workstation.start(f"{broker.url}/boot.ipxe")
     at = workstation.log_in(user, broker.passwords[user])
-    workstation.keys("ret")
-    at = workstation.wait_for("Registered SAN device 0x80", after=at)
-    at = workstation.wait_for(realos.MARKER, after=at, timeout=OS_BOOT)
+    timeline = Timeline(workstation.screen, after=at)
+    timeline.start()
+    workstation.keys("ret")  # the disk menu's default: the first image
+    try:
+        at = workstation.wait_for(realos.MARKER, after=at, timeout=OS_BOOT)
+    finally:
+        timeline.stop()
+    if report is not None:
+        report(timeline.table(f"{workstation.firmware.upper()} boot of {user}'s Debian from choosing the disk:"))
     (marked,) = realos.boots(workstation.screen()[at - len(realos.MARKER):])
     return marked
 
 
-def test_the_users_own_os_boots_bios_and_uefi_keeps_its_writes_and_one_writer_takes_over(
-    broker: BrokerDeployment, lab: Lab
+def heartbeats(workstation: IpxeClient, after: int = 0) -> list[int]:
+    return [int(beat) for beat in HEARTBEAT.findall(workstation.screen()[after:])]
+
+
+def beats_on(workstation: IpxeClient, after: int, count: int = 2, timeout: float = 300) -> None:
+    """Wait for `count` new heartbeats after console position `after`: the OS wrote and synced its disk."""
+    deadline = time.monotonic() + timeout
+    while len(heartbeats(workstation, after)) < count and time.monotonic() < deadline:
+        time.sleep(2)
+    assert len(heartbeats(workstation, after)) >= count, workstation.screen()[-3000:]
+    failures = IO_FAILURE.findall(workstation.screen()[after:])
+    assert not failures, f"the OS saw I/O errors: {failures}\n{workstation.screen()[-3000:]}"
+
+
+def synced_heartbeat(helper: Deployment, user: str) -> int:
+    """The heartbeat counter as it is on the user's overlay in the store. What the OS synced may still be in
+    ext4's journal only (as durable, not yet in place), so a reflink copy of the overlay gets its journal
+    replayed (e2fsck, as the OS's next mount would) before debugfs reads the file."""
+    disk = f"{helper.overlay_dir('demo', user)}/disk.img"
+    copy = f"{helper.store}/heartbeat-check.img"
+    root = f"{copy}?offset={ROOT_START}"
+    try:
+        helper.lab.run(["cp", "--reflink=always", disk, copy])
+        replayed = helper.lab.run(["e2fsck", "-y", "-E", "journal_only", root], check=False)
+        assert replayed.rc in (0, 1), replayed  # 1: the journal was replayed
+        found = helper.lab.run(["debugfs", "-R", "cat /var/lib/lab/heartbeat", root]).stdout
+    finally:
+        helper.lab.run(["rm", "-f", copy])
+    return int(found.strip())
+
+
+@pytest.fixture(scope="module")
+def workstations(lab: Lab) -> Iterator[dict[str, IpxeClient]]:
+    """The module's workstations, left running from one test to the next (a boot costs minutes)."""
+    machines = {
+        "bios": IpxeClient(lab, "os-bios", firmware="bios", memory_mb=1024),
+        "uefi": IpxeClient(lab, "os-uefi", firmware="uefi", memory_mb=1024),
+    }
+    try:
+        yield machines
+    finally:
+        for machine in machines.values():
+            machine.stop()
+
+
+def test_her_os_boots_bios_then_uefi_with_its_writes_and_the_second_workstation_takes_the_disk(
+    broker: BrokerDeployment, lab: Lab, workstations: dict[str, IpxeClient], report: Report
 ) -> None:
     helper = broker.helper
     target = helper.target_iqn("demo", "student1")
-    first = IpxeClient(lab, "os-bios", firmware="bios", memory_mb=1024)
-    second = IpxeClient(lab, "os-uefi", firmware="uefi", memory_mb=1024)
-    try:
-        # BIOS: the OS runs from student1's overlay and writes its first boot there.
-        count, root, booted_target, recovery = boot_os(first, broker, "student1")
-        assert (count, booted_target) == (1, target)
-        assert root.startswith("/dev/sd")  # the iSCSI disk, found by UUID
-        assert recovery == "600"  # the image's udev rule gave the initramfs's session the long timeout
-        (first_initiator, logged_in), = helper.initiators(target).items()
-        assert logged_in  # the OS's own session from the iBFT: the same ACL iPXE used
+    first, second = workstations["bios"], workstations["uefi"]
+    # BIOS: the OS runs from student1's overlay and writes its first boot there.
+    count, root, booted_target, recovery = boot_os(first, broker, "student1", report)
+    assert (count, booted_target) == (1, target)
+    assert root.startswith("/dev/sd")  # the iSCSI disk, found by UUID
+    assert recovery == "600"  # the image's udev rule gave the initramfs's session the long timeout
+    (first_initiator, logged_in), = helper.initiators(target).items()
+    assert logged_in  # the OS's own session from the iBFT: the same ACL iPXE used
 
-        # UEFI, another workstation, the same user: her disk, with the first OS's write in it (boot 2); the
-        # first workstation's ACL is gone, so it can write nothing more.
-        count, _, booted_target, _ = boot_os(second, broker, "student1")
-        assert (count, booted_target) == (2, target)
-        (second_initiator, logged_in), = helper.initiators(target).items()
-        assert second_initiator != first_initiator and logged_in
-        # The first OS notices (its NOPs or its next write) and its iscsid tries to log in again: refused.
-        deadline = time.monotonic() + 180
-        while not refused_logins(lab, first_initiator) and time.monotonic() < deadline:
-            time.sleep(5)
-        assert refused_logins(lab, first_initiator), "the taken-over OS never tried to log in again"
-    finally:
-        first.stop()
-        second.stop()
+    # UEFI, another workstation, the same user: her disk, with the first OS's write in it (boot 2); the
+    # first workstation's ACL is gone, so it can write nothing more.
+    count, _, booted_target, _ = boot_os(second, broker, "student1", report)
+    assert (count, booted_target) == (2, target)
+    (second_initiator, logged_in), = helper.initiators(target).items()
+    assert second_initiator != first_initiator and logged_in
+    # The first OS notices and its iscsid tries to log in again: refused. Its heartbeats stop (its writes
+    # wait for a session that never comes back) while the second OS's go on.
+    taken = time.monotonic()
+    while not refused_logins(lab, first_initiator) and time.monotonic() < taken + 180:
+        time.sleep(5)
+    assert refused_logins(lab, first_initiator), "the taken-over OS never tried to log in again"
+    stalled = len(first.screen())
+    beats_on(second, len(second.screen()), count=3)
+    assert heartbeats(first, stalled) == []
+    refused = len(refused_logins(lab, first_initiator))
+    report(f"the taken-over OS's iscsid tried to log in again {refused} times in {time.monotonic() - taken:.0f} s "
+           "(each refused by LIO, a kernel log line each)")
+    first.stop()
 
-    # Another user boots the golden image's own state: her first boot, not student1's third.
-    other = IpxeClient(lab, "os-other", firmware="bios", memory_mb=1024)
-    try:
-        count, _, booted_target, _ = boot_os(other, broker, "student2")
-        assert (count, booted_target) == (1, helper.target_iqn("demo", "student2"))
-    finally:
-        other.stop()
+
+def test_her_os_keeps_writing_through_helper_restarts(
+    broker: BrokerDeployment, workstations: dict[str, IpxeClient]
+) -> None:
+    helper, running_os = broker.helper, workstations["uefi"]
+    assert running_os.process is not None, "the previous test left no running OS"
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        at = len(running_os.screen())
+        helper.stop(sig)
+        beats_on(running_os, at, count=1)  # no helper: LIO serves on
+        helper.start()
+        assert helper.problems() == []
+        beats_on(running_os, len(running_os.screen()))
+
+
+def test_another_user_boots_her_own_fresh_copy_and_the_helpdesk_resets_and_restores_it(
+    broker: BrokerDeployment, lab: Lab, report: Report
+) -> None:
+    def boot_count() -> int:
+        workstation = IpxeClient(lab, "os-student2", firmware="bios", memory_mb=1024)
+        try:
+            count, _, booted_target, _ = boot_os(workstation, broker, "student2")
+            assert booted_target == broker.helper.target_iqn("demo", "student2")
+            return count
+        finally:
+            workstation.stop()
+
+    assert boot_count() == 1  # isolation: the golden image's state, not student1's
+    broker.helper.cli("reset", "student2", "demo")
+    assert boot_count() == 1  # a fresh copy: her first boot was set aside as a backup
+    broker.helper.cli("restore", "student2", "demo")  # the newest backup: the copy with that first boot
+    assert boot_count() == 2
+
+
+def test_her_os_rides_out_a_power_cut_of_the_server(
+    broker: BrokerDeployment, lab: Lab, workstations: dict[str, IpxeClient]
+) -> None:
+    # Last in the module and in the lab run: the server VM's tmpfs root (accounts, configuration) is lost.
+    helper, running_os = broker.helper, workstations["uefi"]
+    assert running_os.process is not None, "the first test left no running OS"
+    beats_on(running_os, len(running_os.screen()), count=1)
+    synced = heartbeats(running_os)[-1]  # printed only once written and synced
+    lab.power_cut()
+    cut = len(running_os.screen())
+    helper.process = broker.process = None
+    prepare_accounts(lab)
+    helper.install()
+    helper.start()  # LIO is empty: the session records bring the target and her ACL back
+    broker.install()
+    broker.start()
+    assert helper.problems() == []
+    # Her OS's iscsid logs in again with the iBFT's credentials, within the image's 600 s, and goes on.
+    beats_on(running_os, cut, count=2, timeout=540)
+    assert synced_heartbeat(helper, "student1") >= synced  # what it synced before the cut is on the disk
