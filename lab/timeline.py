@@ -43,14 +43,18 @@ class Timeline:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
+        self._look()  # what showed since the last look (the milestone the caller waited for, often)
 
     def _watch(self) -> None:
         while not self._stop.is_set() and len(self.seen) < len(self.milestones):
-            screen, now = self.screen(), time.monotonic()
-            for name, text in self.milestones:
-                if name not in self.seen and screen.find(text, self.after) >= 0:
-                    self.seen[name] = now - self._began
+            self._look()
             self._stop.wait(POLL)
+
+    def _look(self) -> None:
+        screen, now = self.screen(), time.monotonic()
+        for name, text in self.milestones:
+            if name not in self.seen and screen.find(text, self.after) >= 0:
+                self.seen[name] = now - self._began
 
     def phases(self) -> list[tuple[str, float, float]]:
         """(milestone, seconds since start, seconds since the previous milestone seen) in order."""
