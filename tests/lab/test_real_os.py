@@ -96,15 +96,19 @@ def beats_on(workstation: IpxeClient, after: int, count: int = 2, timeout: float
 def synced_heartbeat(helper: Deployment, user: str) -> int:
     """The heartbeat counter as it is on the user's overlay in the store. What the OS synced may still be in
     ext4's journal only (as durable, not yet in place), so a reflink copy of the overlay gets its journal
-    replayed (e2fsck, as the OS's next mount would) before debugfs reads the file."""
+    replayed (e2fsck, as the OS's next mount would) before debugfs reads the file. Through a loop device at
+    the root's offset: e2fsck re-opens the filesystem after a replay without `?offset=`."""
     disk = f"{helper.overlay_dir('demo', user)}/disk.img"
     copy = f"{helper.store}/heartbeat-check.img"
-    root = f"{copy}?offset={ROOT_START}"
+    helper.lab.run(["cp", "--reflink=always", disk, copy])
     try:
-        helper.lab.run(["cp", "--reflink=always", disk, copy])
-        replayed = helper.lab.run(["e2fsck", "-y", "-E", "journal_only", root], check=False)
-        assert replayed.rc in (0, 1), replayed  # 1: the journal was replayed
-        found = helper.lab.run(["debugfs", "-R", "cat /var/lib/lab/heartbeat", root]).stdout
+        loop = helper.lab.run(["losetup", "--find", "--show", "--offset", str(ROOT_START), copy]).stdout.strip()
+        try:
+            replayed = helper.lab.run(["e2fsck", "-y", "-E", "journal_only", loop], check=False)
+            assert replayed.rc in (0, 1), replayed  # 1: the journal was replayed
+            found = helper.lab.run(["debugfs", "-R", "cat /var/lib/lab/heartbeat", loop]).stdout
+        finally:
+            helper.lab.run(["losetup", "-d", loop])
     finally:
         helper.lab.run(["rm", "-f", copy])
     return int(found.strip())
