@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ..errors import BackendFailure, BadRequest, NotPermitted
 from . import grub
+from .tools import missing_packages
 
 MiB = 1 << 20
 BIOS_BOOT = (1 * MiB, 1 * MiB)  # (start, size): core.img, about 150 KiB with the modules below
@@ -142,7 +143,7 @@ def build_image(options: BuildOptions, progress: Progress | None = None) -> None
 def _preflight(options: BuildOptions) -> None:
     if os.geteuid() != 0:
         raise NotPermitted("images build must run as root (mmdebstrap installs packages as root into the image)")
-    missing = sorted({package for tool, package in TOOLS.items() if shutil.which(tool) is None})
+    missing = missing_packages(TOOLS)
     if missing:
         raise BackendFailure(f"images build needs the Debian packages {', '.join(missing)}: "
                              f"apt-get install {' '.join(missing)}")

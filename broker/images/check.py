@@ -16,7 +16,6 @@ import json
 import os
 import posixpath
 import re
-import shutil
 import subprocess
 import tempfile
 import uuid
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BackendFailure, BadRequest
+from .tools import missing_packages
 
 
 class Level(Enum):
@@ -106,7 +106,7 @@ def _require_usable(path: Path) -> None:
 
 
 def _require_tools() -> None:
-    missing = sorted({package for tool, package in TOOLS.items() if shutil.which(tool) is None})
+    missing = missing_packages(TOOLS)
     if missing:
         tools = ", ".join(t for t, p in TOOLS.items() if p in missing)
         raise BackendFailure(f"the image check needs {tools}: apt-get install {' '.join(missing)}")
