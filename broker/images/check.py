@@ -12,20 +12,21 @@ file, too small) raise BrokerError before anything is checked.
 
 from __future__ import annotations
 
-import json
 import os
-import posixpath
 import re
 import subprocess
 import tempfile
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any
 
 from ..errors import BackendFailure, BadRequest
+from . import disk as disk_module
+from .disk import (
+    BIOS_BOOT, ESP_DOS, ESP_GPT, EXTENDED_DOS, SECTOR, Disk, Ext, Files, Partition, Table, Unreadable,
+    find_filesystems, fstab, read_table, said, separate_boot, version_key,
+)
 from .tools import missing_packages
 
 
@@ -45,28 +46,19 @@ class Finding:
         return {"level": self.level.value, "topic": self.topic, "message": self.message}
 
 
-SECTOR = 512
 MIN_SIZE = 2**20
 
 # The command each check needs, and the Debian package that has it.
 TOOLS = {
-    "sfdisk": "fdisk",
+    **disk_module.TOOLS,  # sfdisk, debugfs
     "mdir": "mtools",
-    "debugfs": "e2fsprogs",
     "lsinitramfs": "initramfs-tools-core",
     "unmkinitramfs": "initramfs-tools-core",
     "cpio": "cpio",
     "zstd": "zstd",  # Debian 12's initramfs compression; lsinitramfs needs the command
 }
 
-BIOS_BOOT = "21686148-6449-6e6f-744e-656564454649"
-ESP_GPT = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
-ESP_DOS = "ef"
-EXTENDED_DOS = {"5", "f", "85"}
-
 BOOTX64 = "efi/boot/bootx64.efi"
-
-_RUN_TIMEOUT = 300  # seconds: dumping and unpacking a large initramfs is the slowest step
 
 _ISCSI_FIX = ("install open-iscsi in the image, put ISCSI_AUTO=true in /etc/iscsi/iscsi.initramfs and run "
               "update-initramfs -u")
@@ -86,7 +78,7 @@ def check_image(path: Path) -> list[Finding]:
     _require_usable(path)
     _require_tools()
     with tempfile.TemporaryDirectory(prefix="bootbroker-check-") as tmp:
-        disk = _Disk(path.resolve(), Path(tmp))
+        disk = Disk(path.resolve(), Path(tmp))
         return _check_disk(disk)
 
 
@@ -113,58 +105,14 @@ def _require_tools() -> None:
 
 
 def _run(argv: Sequence[str], *, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
-    try:
-        return subprocess.run(list(argv), capture_output=True, timeout=_RUN_TIMEOUT, env=env, check=False)
-    except FileNotFoundError:
-        raise BackendFailure(f"{argv[0]} is not installed: apt-get install {TOOLS.get(argv[0], argv[0])}") from None
-    except subprocess.TimeoutExpired:
-        raise BackendFailure(f"{argv[0]} did not finish within {_RUN_TIMEOUT} s") from None
-
-
-def _said(result: subprocess.CompletedProcess[bytes]) -> str:
-    """A tool's complaint, one line, without the version banner debugfs always prints."""
-    lines = [line.strip() for line in result.stderr.decode(errors="replace").splitlines()]
-    return "; ".join(line for line in lines if line and not line.startswith("debugfs ")) or f"exit status {result.returncode}"
+    return disk_module.run(argv, env=env, packages=TOOLS)
 
 
 # --- the disk and its partitions -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Partition:
-    number: int
-    start: int  # bytes
-    size: int  # bytes
-    type: str  # GPT type GUID or MBR type byte in hex, lower case
-    attrs: str = ""
-
-
-@dataclass(frozen=True)
-class _Table:
-    label: str  # "gpt" or "dos"
-    partitions: tuple[_Partition, ...]
-
-
-class _Disk:
-    """The image file, read in place. Tools see it through a link in our temporary directory, so that a
-    name with `?` (debugfs's io options) or `@@` (mtools' offset) in it cannot be misread."""
-
-    def __init__(self, path: Path, tmp: Path) -> None:
-        self.path = path
-        self.tmp = tmp
-        self.link = tmp / "disk.img"
-
-    def read(self, offset: int, length: int) -> bytes:
-        with self.path.open("rb") as f:
-            f.seek(offset)
-            return f.read(length)
-
-    def size(self) -> int:
-        return self.path.stat().st_size
-
-
-def _check_disk(disk: _Disk) -> list[Finding]:
-    disk.link.symlink_to(disk.path)
+def _check_disk(disk: Disk) -> list[Finding]:
+    disk.open_link()
     findings: list[Finding] = []
     table = _partition_table(disk, findings)
     if table is None:
@@ -176,23 +124,15 @@ def _check_disk(disk: _Disk) -> list[Finding]:
     return findings
 
 
-def _partition_table(disk: _Disk, findings: list[Finding]) -> _Table | None:
-    result = _run(["sfdisk", "--json", str(disk.link)])
-    if result.returncode != 0:
-        said = _said(result).replace(str(disk.link), disk.path.name)
+def _partition_table(disk: Disk, findings: list[Finding]) -> Table | None:
+    try:
+        table = read_table(disk)
+    except Unreadable as e:
         findings.append(Finding(Level.ERROR, "partition table", (
-            f"no partition table that sfdisk can read ({said}): the file must be a whole disk (GPT or MBR), "
+            f"no partition table that sfdisk can read ({e}): the file must be a whole disk (GPT or MBR), "
             "not a single partition or filesystem; make the image from the whole disk (e.g. qemu-img convert "
             "-O raw, or dd of /dev/sdX, not /dev/sdX1)")))
         return None
-    data: dict[str, Any] = json.loads(result.stdout)["partitiontable"]
-    sector = int(data.get("sectorsize", SECTOR))
-    parts = []
-    for entry in data.get("partitions", []):
-        number = int(re.sub(r".*?(\d+)$", r"\1", entry["node"]))
-        parts.append(_Partition(number, int(entry["start"]) * sector, int(entry["size"]) * sector,
-                                str(entry["type"]).lower(), str(entry.get("attrs", ""))))
-    table = _Table(str(data["label"]), tuple(parts))
     name = {"gpt": "GPT", "dos": "MBR (dos)"}.get(table.label, table.label)
     if table.label not in ("gpt", "dos"):
         findings.append(Finding(Level.ERROR, "partition table", (
@@ -237,7 +177,7 @@ def _loader_name(code: bytes) -> str:
     return "boot code"
 
 
-def _bios_boot(disk: _Disk, table: _Table) -> _Boot:
+def _bios_boot(disk: Disk, table: Table) -> _Boot:
     code = disk.read(0, 440)
     has_code = any(code)
     loader = _loader_name(code)
@@ -272,7 +212,7 @@ def _mtools_env() -> dict[str, str]:
     return {**os.environ, "MTOOLS_SKIP_CHECK": "1", "MTOOLSRC": "/dev/null"}
 
 
-def _fat_paths(disk: _Disk, part: _Partition) -> list[str] | None:
+def _fat_paths(disk: Disk, part: Partition) -> list[str] | None:
     """Every path in the FAT filesystem at `part`, without the leading `::/`; None if not FAT."""
     result = _run(["mdir", "-/", "-b", "-i", f"{disk.link}@@{part.start}", "::/"], env=_mtools_env())
     if result.returncode != 0:
@@ -284,7 +224,7 @@ def _fat_paths(disk: _Disk, part: _Partition) -> list[str] | None:
     return paths
 
 
-def _uefi_boot(disk: _Disk, table: _Table) -> _Boot:
+def _uefi_boot(disk: Disk, table: Table) -> _Boot:
     esps = [p for p in table.partitions if p.type in (ESP_GPT, ESP_DOS)]
     kind = "type C12A7328-F81F-11D2-BA4B-00A0C93EC93B" if table.label == "gpt" else "type ef"
     if not esps:
@@ -331,122 +271,6 @@ def _boot_findings(bios: _Boot, uefi: _Boot) -> list[Finding]:
 # --- the root filesystem -------------------------------------------------------------------------------
 
 
-class _Unreadable(Exception):
-    """debugfs could not open or read the filesystem (an image problem, reported as a finding)."""
-
-
-@dataclass(frozen=True)
-class _Inode:
-    type: str  # debugfs's word: "regular", "directory", "symlink", ...
-    link: str | None  # the target of a fast symlink
-
-
-class _Ext:
-    """One ext2/3/4 filesystem inside the image, read through debugfs at its byte offset (read-only)."""
-
-    def __init__(self, disk: _Disk, part: _Partition, uuid: str, version: str) -> None:
-        self.disk = disk
-        self.part = part
-        self.uuid = uuid
-        self.version = version
-
-    def _debugfs(self, request: str) -> subprocess.CompletedProcess[bytes]:
-        result = _run(["debugfs", "-R", request, f"{self.disk.link}?offset={self.part.start}"])
-        stderr = result.stderr.decode(errors="replace")
-        if result.returncode != 0 or "while trying to open" in stderr or "while opening filesystem" in stderr:
-            raise _Unreadable(_said(result))
-        return result
-
-    def stat(self, path: str) -> _Inode | None:
-        result = self._debugfs(f'stat "{path}"')
-        if not result.stdout:
-            return None  # "File not found by ext2_lookup" (debugfs exits 0 all the same)
-        text = result.stdout.decode(errors="replace")
-        kind = re.search(r"Type: (\w+)", text)
-        link = re.search(r'Fast link dest: "(.*)"', text)
-        return _Inode(kind.group(1) if kind else "unknown", link.group(1) if link else None)
-
-    def cat(self, path: str) -> bytes:
-        return self._debugfs(f'cat "{path}"').stdout
-
-    def dump(self, path: str, dest: Path) -> None:
-        self._debugfs(f'dump "{path}" "{dest}"')
-
-    def listdir(self, path: str) -> list[str]:
-        # `ls -p` prints /inode/mode/uid/gid/name/size/ per entry, unambiguous for any name without a slash
-        out = self._debugfs(f'ls -p "{path}"').stdout.decode(errors="replace")
-        names = [line.split("/")[5] for line in out.splitlines() if line.count("/") >= 6]
-        return [n for n in names if n not in (".", "..")]
-
-
-class _Files:
-    """The installed system's file tree: the root filesystem, and a separate /boot filesystem if fstab
-    mounts one. Symlinks are followed here (debugfs follows those in the middle of a path, not the last)."""
-
-    def __init__(self, root: _Ext, boot: _Ext | None) -> None:
-        self.root = root
-        self.boot = boot
-
-    def _where(self, path: str) -> tuple[_Ext, str]:
-        if self.boot is not None and (path == "/boot" or path.startswith("/boot/")):
-            return self.boot, path[len("/boot"):] or "/"
-        return self.root, path
-
-    def resolve(self, path: str) -> str | None:
-        """The path of the regular file or directory `path` names, after its symlinks; None if none."""
-        for _ in range(16):
-            fs, inner = self._where(path)
-            inode = fs.stat(inner)
-            if inode is None:
-                return None
-            if inode.type != "symlink":
-                return path
-            target = inode.link if inode.link is not None else fs.cat(inner).decode(errors="replace")
-            path = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
-        return None  # a loop of links
-
-    def read(self, path: str) -> str | None:
-        real = self.resolve(path)
-        if real is None:
-            return None
-        fs, inner = self._where(real)
-        return fs.cat(inner).decode(errors="replace")
-
-    def dump(self, path: str, dest: Path) -> None:
-        fs, inner = self._where(path)
-        fs.dump(inner, dest)
-
-    def listdir(self, path: str) -> list[str]:
-        real = self.resolve(path)
-        if real is None:
-            return []
-        fs, inner = self._where(real)
-        return fs.listdir(inner)
-
-
-def _ext_superblock(disk: _Disk, part: _Partition) -> tuple[str, str] | None:
-    """(UUID, "ext2"/"ext3"/"ext4") if `part` starts with an ext superblock, else None."""
-    sb = disk.read(part.start + 1024, 1024)
-    if len(sb) < 1024 or sb[56:58] != b"\x53\xef":
-        return None
-    compat = int.from_bytes(sb[92:96], "little")
-    incompat = int.from_bytes(sb[96:100], "little")
-    version = "ext4" if incompat & (0x40 | 0x80 | 0x200) else "ext3" if compat & 0x4 else "ext2"
-    return str(uuid.UUID(bytes=sb[104:120])), version
-
-
-def _other_filesystem(disk: _Disk, part: _Partition) -> str | None:
-    if disk.read(part.start, 4) == b"XFSB":
-        return "XFS"
-    if disk.read(part.start + 0x10040, 8) == b"_BHRfS_M":
-        return "btrfs"
-    if disk.read(part.start + SECTOR, 8) == b"LABELONE":
-        return "LVM"
-    if disk.read(part.start, 6) == b"LUKS\xba\xbe":
-        return "LUKS (encrypted)"
-    return None
-
-
 def _by_hand(what: str) -> Finding:
     return Finding(Level.WARNING, "root filesystem", (
         f"cannot inspect the root filesystem ({what}; this check reads ext2/3/4 only): check by hand that "
@@ -455,66 +279,34 @@ def _by_hand(what: str) -> Finding:
         "/etc/iscsi/iscsi.initramfs; dracut: the iscsi module and rd.iscsi.firmware=1)"))
 
 
-def _check_root(disk: _Disk, table: _Table) -> list[Finding]:
-    candidates = [p for p in table.partitions if p.type not in (BIOS_BOOT, ESP_GPT, ESP_DOS, *EXTENDED_DOS)]
-    exts: list[_Ext] = []
-    others: list[str] = []
-    for p in candidates:
-        sb = _ext_superblock(disk, p)
-        if sb is not None:
-            exts.append(_Ext(disk, p, *sb))
-        elif (kind := _other_filesystem(disk, p)) is not None:
-            others.append(f"partition {p.number} holds {kind}")
-    root = None
-    findings: list[Finding] = []
-    for fs in exts:
-        try:
-            if fs.stat("/etc/fstab") is not None:
-                root = fs
-                break
-        except _Unreadable as e:
-            findings.append(Finding(Level.ERROR, "root filesystem", (
-                f"partition {fs.part.number} has an {fs.version} superblock but debugfs cannot read it ({e}): "
-                "run e2fsck -f on it (from a VM booted from the image)")))
+def _check_root(disk: Disk, table: Table) -> list[Finding]:
+    found = find_filesystems(disk, table)
+    root = found.root
+    findings = [Finding(Level.ERROR, "root filesystem", (
+        f"partition {fs.part.number} has an {fs.version} superblock but debugfs cannot read it ({why}): "
+        "run e2fsck -f on it (from a VM booted from the image)")) for fs, why in found.unreadable]
     if root is None:
         if findings:
             return findings
-        what = "; ".join(others) or ("no ext filesystem with /etc/fstab" if exts else "no Linux filesystem found")
+        what = "; ".join(found.others) or ("no ext filesystem with /etc/fstab" if found.exts else "no Linux filesystem found")
         return [_by_hand(what)]
     try:
-        return _check_system(root, exts, disk.tmp)
-    except _Unreadable as e:
+        return _check_system(root, list(found.exts), disk.tmp)
+    except Unreadable as e:
         return [Finding(Level.ERROR, "root filesystem", (
             f"reading the {root.version} root filesystem on partition {root.part.number} failed ({e}): run "
             "e2fsck -f on it (from a VM booted from the image)"))]
 
 
-def _check_system(root: _Ext, exts: list[_Ext], tmp: Path) -> list[Finding]:
+def _check_system(root: Ext, exts: list[Ext], tmp: Path) -> list[Finding]:
     findings = [Finding(Level.OK, "root filesystem", f"{root.version} on partition {root.part.number} (UUID {root.uuid})")]
-    fstab = _fstab(_Files(root, None).read("/etc/fstab") or "")
-    boot = _separate_boot(fstab, root, exts)
-    files = _Files(root, boot)
-    findings.append(_fstab_root(fstab, root.uuid))
+    mounts = fstab(Files(root, None).read("/etc/fstab") or "")
+    files = Files(root, separate_boot(mounts, root, exts))
+    findings.append(_fstab_root(mounts, root.uuid))
     cmdlines, source = _kernel_command_lines(files)
     findings.append(_cmdline_root(cmdlines, source, root.uuid))
     findings += _check_initramfs(files, cmdlines, tmp)
     return findings
-
-
-def _fstab(text: str) -> dict[str, str]:
-    """Mount point -> the device field, for each line of /etc/fstab."""
-    mounts = {}
-    for line in text.splitlines():
-        fields = line.split("#", 1)[0].split()
-        if len(fields) >= 2:
-            mounts[fields[1]] = fields[0]
-    return mounts
-
-
-def _separate_boot(fstab: dict[str, str], root: _Ext, exts: list[_Ext]) -> _Ext | None:
-    spec = fstab.get("/boot", "")
-    wanted = spec.removeprefix("UUID=").removeprefix("/dev/disk/by-uuid/").strip('"').lower()
-    return next((fs for fs in exts if fs is not root and fs.uuid == wanted), None)
 
 
 _DISK_NAMES = re.compile(r"/dev/(sd[a-z]+|vd[a-z]+|hd[a-z]+|xvd[a-z]+|nvme\d+n\d+|mmcblk\d+)")
@@ -554,7 +346,7 @@ def _fstab_root(fstab: dict[str, str], root_uuid: str) -> Finding:
     return Finding(level, "fstab", text)
 
 
-def _kernel_command_lines(files: _Files) -> tuple[list[str], str | None]:
+def _kernel_command_lines(files: Files) -> tuple[list[str], str | None]:
     """The kernel command lines of the boot loader's menu entries, and the file they came from."""
     grub = files.read("/boot/grub/grub.cfg")
     if grub is not None:
@@ -599,17 +391,13 @@ def _cmdline_root(cmdlines: list[str], source: str | None, root_uuid: str) -> Fi
 # --- the initramfs -------------------------------------------------------------------------------------
 
 
-def _version_key(name: str) -> list[tuple[int, str]]:
-    return [(int(part), "") if part.isdigit() else (-1, part) for part in re.split(r"(\d+)", name)]
-
-
-def _find_initramfs(files: _Files) -> str | None:
+def _find_initramfs(files: Files) -> str | None:
     for link in ("/initrd.img", "/boot/initrd.img"):
         real = files.resolve(link)
         if real is not None:
             return real
     names = [n for n in files.listdir("/boot") if n.startswith("initrd.img-")]
-    return f"/boot/{max(names, key=_version_key)}" if names else None
+    return f"/boot/{max(names, key=version_key)}" if names else None
 
 
 @dataclass(frozen=True)
@@ -630,7 +418,7 @@ class _Initramfs:
         return None
 
 
-def _check_initramfs(files: _Files, cmdlines: list[str], tmp: Path) -> list[Finding]:
+def _check_initramfs(files: Files, cmdlines: list[str], tmp: Path) -> list[Finding]:
     path = _find_initramfs(files)
     if path is None:
         return [Finding(Level.ERROR, "initramfs", (
@@ -642,12 +430,12 @@ def _check_initramfs(files: _Files, cmdlines: list[str], tmp: Path) -> list[Find
     names = frozenset(n.removeprefix("./") for n in listing.stdout.decode(errors="replace").splitlines())
     if listing.returncode != 0 or not names - {"", "."}:
         return [Finding(Level.ERROR, "initramfs", (
-            f"{path} is not an initramfs lsinitramfs can read ({_said(listing)}): rebuild it "
+            f"{path} is not an initramfs lsinitramfs can read ({said(listing)}): rebuild it "
             "(update-initramfs -u -k all in the image)"))]
     unpacked = tmp / "unpacked"
     unpack = _run(["unmkinitramfs", str(dumped), str(unpacked)], env={**os.environ, "TMPDIR": str(tmp)})
     if unpack.returncode != 0:
-        raise BackendFailure(f"unmkinitramfs could not unpack {path}, which lsinitramfs listed: {_said(unpack)}")
+        raise BackendFailure(f"unmkinitramfs could not unpack {path}, which lsinitramfs listed: {said(unpack)}")
     initramfs = _Initramfs(path, names, unpacked)
     if any(n.startswith("usr/lib/dracut/") for n in names):
         return _check_dracut(initramfs, cmdlines)
@@ -664,7 +452,7 @@ def _shell_vars(text: str | None) -> dict[str, str]:
     return found
 
 
-def _check_initramfs_tools(initramfs: _Initramfs, files: _Files, cmdlines: list[str]) -> list[Finding]:
+def _check_initramfs_tools(initramfs: _Initramfs, files: Files, cmdlines: list[str]) -> list[Finding]:
     path = initramfs.path
     if not initramfs.has("sbin/iscsistart", "usr/sbin/iscsistart"):
         return [Finding(Level.ERROR, "initramfs", (
@@ -725,7 +513,7 @@ def _iscsid_setting(text: str, key: str) -> str | None:
     return value
 
 
-def _udev_recovery_timeout(files: _Files) -> int | None:
+def _udev_recovery_timeout(files: Files) -> int | None:
     """The longest recovery_tmo a udev rule in /etc/udev/rules.d gives iSCSI sessions (no Debian package
     sets one, so the packages' own rules are not read: that would be a hundred debugfs runs)."""
     found = []
@@ -736,7 +524,7 @@ def _udev_recovery_timeout(files: _Files) -> int | None:
     return max(found, default=None)
 
 
-def _robustness(files: _Files) -> Iterable[Finding]:
+def _robustness(files: Files) -> Iterable[Finding]:
     """Warnings about how the root's iSCSI session survives shutdown and outages, from open-iscsi's files
     and udev rules. NOP-Out settings are not checked: iscsid.conf's do not reach the root session, which
     iscsistart makes in the initramfs with its own, and nothing in the image says what those are."""
