@@ -45,12 +45,12 @@ class Unreadable(Exception):
     must not be asked for): a problem of the image, not of the host."""
 
 
-def run(argv: Sequence[str], *, env: dict[str, str] | None = None,
+def run(argv: Sequence[str], *, env: dict[str, str] | None = None, cwd: Path | None = None,
         packages: Mapping[str, str] = TOOLS) -> subprocess.CompletedProcess[bytes]:
     """Run a tool (argument list, no shell) and return what it did, whatever its exit status; raises
     BackendFailure if it is not installed (naming the package in `packages`) or takes too long."""
     try:
-        return subprocess.run(list(argv), capture_output=True, timeout=RUN_TIMEOUT, env=env, check=False)
+        return subprocess.run(list(argv), capture_output=True, timeout=RUN_TIMEOUT, env=env, cwd=cwd, check=False)
     except FileNotFoundError:
         raise BackendFailure(f"{argv[0]} is not installed: apt-get install {packages.get(argv[0], argv[0])}") from None
     except subprocess.TimeoutExpired:
@@ -137,12 +137,12 @@ class Ext:
         self.uuid = uuid
         self.version = version
 
-    def _debugfs(self, command: str, *paths: str) -> subprocess.CompletedProcess[bytes]:
+    def _debugfs(self, command: str, *paths: str, cwd: Path | None = None) -> subprocess.CompletedProcess[bytes]:
         for path in paths:
             if not _SAFE_PATH.fullmatch(path):
                 raise Unreadable(f"a name debugfs is not asked for: {path!r}")
         request = " ".join([command, *(f'"{p}"' for p in paths)])
-        result = run(["debugfs", "-R", request, f"{self.disk.link}?offset={self.part.start}"])
+        result = run(["debugfs", "-R", request, f"{self.disk.link.absolute()}?offset={self.part.start}"], cwd=cwd)
         stderr = result.stderr.decode(errors="replace")
         if result.returncode != 0 or "while trying to open" in stderr or "while opening filesystem" in stderr:
             raise Unreadable(said(result))
@@ -161,7 +161,8 @@ class Ext:
         return self._debugfs("cat", path).stdout
 
     def dump(self, path: str, dest: Path) -> None:
-        self._debugfs("dump", path, str(dest))
+        # Written by its name in its own directory: only names from the image go through the request.
+        self._debugfs("dump", path, dest.name, cwd=dest.parent)
 
     def listdir(self, path: str) -> list[str]:
         # `ls -p` prints /inode/mode/uid/gid/name/size/ per entry, unambiguous for any name without a slash
@@ -186,28 +187,24 @@ class Files:
             return self.boot, path[len("/boot"):] or "/"
         return self.root, path
 
-    def resolve(self, path: str) -> str | None:
-        """The path of what `path` names after its symlinks (relative to the link's directory, or absolute
-        from the system's root); None if nothing is there, or after MAX_LINKS links (a loop)."""
+    def follow(self, path: str) -> tuple[str, Inode] | None:
+        """What `path` names after its symlinks (each relative to the link's directory, or absolute from the
+        system's root): its path and inode; None if nothing is there, or after MAX_LINKS links (a loop)."""
         for _ in range(MAX_LINKS):
             fs, inner = self._where(path)
             inode = fs.stat(inner)
             if inode is None:
                 return None
             if inode.type != "symlink":
-                return path
+                return path, inode
             target = inode.link if inode.link is not None else fs.cat(inner).decode(errors="replace")
             path = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
         return None
 
-    def type_of(self, path: str) -> str | None:
-        """debugfs's word for what `path` resolves to ("regular", "directory", ...), or None."""
-        real = self.resolve(path)
-        if real is None:
-            return None
-        fs, inner = self._where(real)
-        inode = fs.stat(inner)
-        return inode.type if inode is not None else None
+    def resolve(self, path: str) -> str | None:
+        """The path of what `path` names after its symlinks; None if none (see `follow`)."""
+        found = self.follow(path)
+        return found[0] if found is not None else None
 
     def read(self, path: str) -> str | None:
         real = self.resolve(path)
