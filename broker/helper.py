@@ -22,17 +22,19 @@ from typing import Any, Protocol
 
 from .access import may_boot, needs_groups
 from .backends import Backend
-from .config import Config
+from .config import BootMethod, Config
 from .errors import (
     BackendFailure, BadIdentifier, BrokerError, Conflict, NoSuchOverlay, NoSuchSession, NotPermitted, StoreFull, UnknownImage,
 )
 from .identifiers import (
-    check_backup_name, check_image_name, check_user_name, check_version, new_chap_secret, storage_object_name,
+    check_backup_name, check_boot_file, check_image_name, check_user_name, check_version, new_chap_secret, storage_object_name,
     user_label,
 )
 from .faults import crash_point
 from .files import clone_or_copy_from, sha256_of
+from .images.bootfiles import BootFiles, NotFound, extract
 from .lio import Lio
+from .protocol import OpenFile
 from .state import BootSession, SessionBook
 from .store import DamagedMeta, OverlayMeta, Store
 
@@ -94,7 +96,10 @@ class Helper:
             shutil.rmtree(leftover, ignore_errors=True)
         for leftover in self.store.tmp.glob("publish-*"):
             log.warning("reconcile: removing half-published image %s", leftover.name)
-            leftover.unlink(missing_ok=True)
+            if leftover.is_dir() and not leftover.is_symlink():  # its kernel and initrd, being read out of it
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
         for image in self.config.images:
             for version in self.store.discard_unfinished(image):
                 log.warning("reconcile: removing %s v%d: its publish was interrupted before it became current",
@@ -293,6 +298,9 @@ class Helper:
             "initiator_iqn": session.initiator,
             "chap_user": session.chap_user,
             "chap_secret": session.chap_secret,
+            # The overlay's version, and whether it has its own kernel and initrd (`boot_file`), for netroot.
+            "version": meta.version,
+            "boot_files": self.store.has_boot_files(names.image, meta.version),
         }
 
     def _settle_after_failed_login(self, names: Names, failed: BootSession, previous: BootSession | None) -> None:
@@ -487,10 +495,10 @@ class Helper:
         finally:
             os.close(fd)
         crash_point("publish-staged")
-        version, sha256, immutable = self._commit(image, staged)
-        log.info("published %s v%d from %s (sha256 %s)%s", image, version, source, sha256,
+        version, sha256, immutable, boot = self._commit(image, staged)
+        log.info("published %s v%d from %s (sha256 %s)%s%s", image, version, source, sha256, _kept(boot),
                  "" if immutable else "; the store's filesystem has no immutable flag")
-        return {"image": image, "version": version, "sha256": sha256, "immutable": immutable}
+        return {"image": image, "version": version, "sha256": sha256, "immutable": immutable, **_boot_result(boot)}
 
     def publish_overlay(self, image: object, from_image: object, user: object) -> dict[str, Any]:
         """Publish a user's overlay of `from_image` (their golden version with their changes) as the next
@@ -526,21 +534,77 @@ class Helper:
         finally:
             with self._lock:
                 self._publishing.discard((names.image, names.user))
-        version, sha256, immutable = self._commit(image, staged)
-        log.info("published %s v%d from the overlay of %s on %s v%d (sha256 %s)", image, version, names.user,
-                 names.image, meta.version, sha256)
-        return {"image": image, "version": version, "sha256": sha256, "immutable": immutable}
+        version, sha256, immutable, boot = self._commit(image, staged)
+        log.info("published %s v%d from the overlay of %s on %s v%d (sha256 %s)%s", image, version, names.user,
+                 names.image, meta.version, sha256, _kept(boot))
+        return {"image": image, "version": version, "sha256": sha256, "immutable": immutable, **_boot_result(boot)}
 
-    def _commit(self, image: str, staged: Path) -> tuple[int, str, bool]:
-        """Checksum a staged version without the lock (it reads the whole file), then number it and make it
-        current under the lock. The staged file is removed if anything fails."""
+    def _commit(self, image: str, staged: Path) -> tuple[int, str, bool, BootFiles | None]:
+        """Checksum a staged version and read its kernel and initrd out of it without the lock (both read
+        the file), then number it and make it current under the lock, with its boot files beside it. The
+        staged file and what was read out of it are removed if anything fails."""
+        work = staged.with_name(f"{staged.name}.boot")  # tmp/publish-*: start-up removes it after a crash
         try:
             sha256 = sha256_of(staged)
+            boot = self._boot_files(image, staged, work)
             with self._lock:
-                return self.store.commit_version(image, staged, sha256)
+                version, sha256, immutable = self.store.commit_version(
+                    image, staged, sha256, boot.directory if boot is not None else None)
+            return version, sha256, immutable, boot
         except BaseException:
             staged.unlink(missing_ok=True)
             raise
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _boot_files(self, image: str, staged: Path, work: Path) -> BootFiles | None:
+        """The kernel and initrd of a staged version, read out of it into `work`; None if it has none.
+
+        Looked for in every image, not only those that boot by netroot today: `boot` is a line of the
+        configuration that an admin may change at any time, while a version never changes, and the users
+        pinned to it cannot all be moved (rebase sets their disks aside). Reading them costs a few seconds
+        and two files' room (tens of MiB) beside a disk of GiB. Required (the publish refused) only for a
+        netroot image without kernel and initrd URLs: it would publish a version nobody can boot."""
+        config = self.config.images[image]
+        required = config.boot is BootMethod.NETROOT and not config.kernel
+        work.mkdir(mode=0o700)
+        try:
+            return extract(staged, work)
+        except NotFound as e:
+            if required:
+                raise BadIdentifier(
+                    f"{image} boots by netroot with the kernel and initrd of each version ([images.{image}] sets no "
+                    f"kernel and initrd URLs), and this disk has none: {e}. Install a kernel and its initramfs in the "
+                    "image (on an ext2/3/4 root or /boot), or set kernel and initrd URLs; nothing was published"
+                ) from None
+            log.info("%s: the new version has no kernel and initrd of its own (it cannot boot by netroot): %s", image, e)
+        except BackendFailure as e:
+            if required:
+                raise BackendFailure(f"cannot read the kernel and initrd out of the new version of {image}: "
+                                     f"{e.message}; nothing was published") from None
+            log.warning("%s: the new version's kernel and initrd were not looked for (it cannot boot by netroot): %s",
+                        image, e.message)
+        return None
+
+    def boot_file(self, image: object, version: object, name: object) -> OpenFile:
+        """An open, read-only descriptor of a published version's own kernel or initrd (`name`: vmlinuz or
+        initrd.img), for the broker to send to a netroot workstation: it cannot open anything in the
+        store itself. Reads only; takes no lock (a retire meanwhile leaves the open file readable). Raises
+        UnknownImage if that version or its file is not there."""
+        image = check_image_name(image)
+        if image not in self.config.images:
+            raise UnknownImage(f"there is no image {image!r} in the configuration")
+        version = check_version(version)
+        name = check_boot_file(name)
+        try:
+            fd = os.open(self.store.boot_file(image, version, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise UnknownImage(f"{image} v{version} has no {name} of its own (retired, or published without one)") from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise UnknownImage(f"{image} v{version}'s {name} is not a regular file")
+        return OpenFile(fd, st.st_size)
 
     def published(self) -> list[str]:
         """The configured images that have a current version: what a menu may offer. Reads only, no lock."""
@@ -566,6 +630,7 @@ class Helper:
                 versions.append({
                     "version": version, "current": version == current, "published": st.st_mtime,
                     "sha256": self.store.checksum(name, version),
+                    "boot_files": self.store.has_boot_files(name, version),
                     "size": st.st_size, "bytes_used": st.st_blocks * 512, "overlays": overlays, "backups": backups,
                 })
             rows.append({"image": name, "description": image.description, "current": current, "versions": versions})
@@ -610,6 +675,15 @@ class Helper:
         }
 
 
+def _kept(boot: BootFiles | None) -> str:
+    return f"; its kernel {boot.kernel} and initrd {boot.initrd} kept beside it" if boot is not None else ""
+
+
+def _boot_result(boot: BootFiles | None) -> dict[str, str | None]:
+    """Where the version's kernel and initrd were in it (None: it has none of its own)."""
+    return {"kernel": boot.kernel if boot else None, "initrd": boot.initrd if boot else None}
+
+
 def _store_error(e: OSError, doing: str = "make the overlay") -> BrokerError:
     """An OSError from the store, as an answer: StoreFull when the filesystem ran out of room."""
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -634,5 +708,6 @@ def run_operation(helper: Helper, op: str, args: dict[str, Any]) -> Any:
         "backups": helper.backups,
         "retire": helper.retire,
         "set_current": helper.set_current,
+        "boot_file": helper.boot_file,
     }
     return table[op](**args)

@@ -31,14 +31,14 @@ from .config import HelperConfig
 from .errors import BadRequest, BrokerError, Busy, ConfigError, InternalError, NotPermitted
 from .files import others_can_write
 from .helper import Helper, run_operation
-from .protocol import MAX_MESSAGE_BYTES, decode_request, encode_error, encode_result
+from .protocol import MAX_MESSAGE_BYTES, OpenFile, decode_request, encode_error, encode_result
 
 log = logging.getLogger(__name__)
 
 IDLE_TIMEOUT = 30.0  # a peer that connects and never speaks is dropped after this
 BACKLOG = 1024  # connections waiting to be accepted (asyncio's default of 100 is short for a boot storm)
 MAX_WAITING = 64  # changing operations running or waiting for the lock at once; more are answered `busy`
-READ_ONLY = frozenset({"health", "published", "sessions", "backups", "images"})  # take no lock
+READ_ONLY = frozenset({"health", "published", "sessions", "backups", "images", "boot_file"})  # take no lock
 READERS = 4
 CONNECTIONS_PER_UID = 64  # the broker holds at most its pool's 16; one user's CLI holds one
 WATCH_INTERVAL = 10.0  # seconds between checks that LIO still has every live session's ACL
@@ -66,6 +66,7 @@ PERMISSIONS: dict[str, Role] = {
     "backups": Role.ROOT | Role.HELPDESK,
     "rebase": Role.ROOT | Role.HELPDESK,
     "set_current": Role.ROOT,
+    "boot_file": Role.ROOT | Role.BROKER,
 }
 
 
@@ -214,8 +215,17 @@ class HelperServer:
                     break
                 if not line:
                     break
-                writer.write(await self.answer(peer, line))
-                await writer.drain()
+                reply, fd = await self.answer_with_file(peer, line)
+                if fd is None:
+                    writer.write(reply)
+                    await writer.drain()
+                    continue
+                try:
+                    if not await _send_with_file(writer, reply, fd):
+                        log.warning("could not hand an open file to uid %d pid %d; connection closed", peer.uid, peer.pid)
+                        break
+                finally:
+                    os.close(fd)
         except ConnectionError:
             pass
         finally:
@@ -223,6 +233,15 @@ class HelperServer:
             self._connections.release(client)
 
     async def answer(self, peer: Peer, line: bytes) -> bytes:
+        """The reply line to one request (an open file it answers with is closed: see answer_with_file)."""
+        reply, fd = await self.answer_with_file(peer, line)
+        if fd is not None:
+            os.close(fd)
+        return reply
+
+    async def answer_with_file(self, peer: Peer, line: bytes) -> tuple[bytes, int | None]:
+        """The reply line to one request, and the descriptor a file operation answers with (the caller sends
+        it with the line, then closes it)."""
         try:
             request = decode_request(line)
             if not PERMISSIONS[request.op] & peer.roles:
@@ -230,11 +249,13 @@ class HelperServer:
             result = await self._run(request.op, request.args)
         except BrokerError as e:
             log.info("refused a request from uid %d pid %d: %s: %s", peer.uid, peer.pid, e.code.value, e.message)
-            return encode_error(e)
+            return encode_error(e), None
         except Exception:
             log.exception("operation failed unexpectedly (uid %d pid %d)", peer.uid, peer.pid)
-            return encode_error(InternalError("internal error in the helper; see its log"))
-        return encode_result(result)
+            return encode_error(InternalError("internal error in the helper; see its log")), None
+        if isinstance(result, OpenFile):
+            return encode_result({"size": result.size}), result.fd
+        return encode_result(result), None
 
 
     async def _run(self, op: str, args: dict[str, object]) -> object:
@@ -248,6 +269,24 @@ class HelperServer:
             return await loop.run_in_executor(self._workers, run_operation, self.helper, op, args)
         finally:
             self._waiting -= 1
+
+
+async def _send_with_file(writer: asyncio.StreamWriter, reply: bytes, fd: int) -> bool:
+    """Send a reply line with `fd` in SCM_RIGHTS, in one sendmsg on the connection's socket. Asyncio's
+    stream has no way to attach a descriptor, so this writes past it, which keeps the order of the
+    replies only with nothing of the stream's still unsent: clients wait for each reply before the next
+    request, so nothing is, and a client that did not is dropped (False) rather than answered out of
+    order. The line is far smaller than an empty socket's buffer; a socket that cannot take it at once is
+    dropped the same way."""
+    await writer.drain()
+    if writer.transport.get_write_buffer_size():
+        return False
+    transport_socket = writer.get_extra_info("socket")
+    with socket.socket(fileno=os.dup(transport_socket.fileno())) as sock:
+        try:
+            return socket.send_fds(sock, [reply], [fd]) == len(reply)
+        except (BlockingIOError, InterruptedError):
+            return False
 
 
 async def watch_lio(helper: Helper, interval: float = WATCH_INTERVAL) -> None:

@@ -88,6 +88,16 @@ def check_version(value: object) -> int:
     return value
 
 
+# A version's own kernel and initrd (netroot), kept beside it in the store and served by the broker.
+BOOT_FILES = ("vmlinuz", "initrd.img")
+
+
+def check_boot_file(value: object) -> str:
+    if not isinstance(value, str) or value not in BOOT_FILES:
+        raise BadIdentifier(f"a boot file is one of {', '.join(BOOT_FILES)}")
+    return value
+
+
 def check_backup_name(value: object) -> str:
     if not isinstance(value, str) or not BACKUP_NAME.fullmatch(value):
         raise BadIdentifier(f"backup {str(value)[:40]!r} is not valid: a name like 20261123T083000 "

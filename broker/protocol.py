@@ -3,6 +3,16 @@
 A request is `{"v": 1, "op": NAME, "args": {...}}`; a reply is `{"v": 1, "ok": true, "result": ...}` or
 `{"v": 1, "ok": false, "error": {"code": CODE, "message": TEXT}}` with CODE from `ErrorCode`.
 Operation names and argument names are a closed set; arguments are validated by the helper, not here.
+
+The operations in `FILE_OPERATIONS` answer with an open file: a successful reply line
+(`"result": {"size": N}`) is sent in one `sendmsg` with the file's descriptor in its SCM_RIGHTS ancillary
+data, so the broker reads a file of the store it has no permission to open (a version's kernel and initrd,
+for netroot) and nothing else of it. An error reply carries no descriptor.
+
+Additions that an older peer can ignore keep version 1: a new operation (an older helper answers
+`bad_request`, "unknown operation"), a new field in a result (readers ignore fields they do not know and
+treat a missing one as its old meaning: `ensure_session`'s `version` and `boot_files`, added with
+`boot_file`, read as "no boot files"). A change that would mislead an older peer takes version 2.
 """
 
 from __future__ import annotations
@@ -33,7 +43,17 @@ OPERATIONS: dict[str, frozenset[str]] = {
     "backups": frozenset(),
     "rebase": frozenset({"image", "user"}),
     "set_current": frozenset({"image", "version"}),
+    "boot_file": frozenset({"image", "version", "name"}),  # name: vmlinuz or initrd.img
 }
+FILE_OPERATIONS = frozenset({"boot_file"})
+
+
+@dataclass(frozen=True)
+class OpenFile:
+    """What a file operation answers: a read-only descriptor (the receiver closes it) and its size."""
+
+    fd: int
+    size: int
 
 
 @dataclass(frozen=True)

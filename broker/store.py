@@ -5,6 +5,8 @@ path into the store. Files only: device work belongs to the storage backends.
 
     <root>/images/<image>/v<N>.img      golden versions, mode 0444 and immutable (chattr +i), never rewritten
     <root>/images/<image>/v<N>.sha256   its checksum, as sha256sum prints it
+    <root>/images/<image>/v<N>.vmlinuz  its own kernel and initrd, read out of it at publish (netroot), as
+    <root>/images/<image>/v<N>.initrd.img   immutable as the version; absent if the image has none
     <root>/images/<image>/current       the version new overlays are made from
     <root>/overlays/<image>/<label>/    one user's overlay: meta.json plus the backend's disk file
     <root>/backups/<image>/<label>/<stamp>/   overlays kept by reset
@@ -24,7 +26,7 @@ from pathlib import Path
 from .errors import BadIdentifier, Conflict, UnknownImage
 from .faults import crash_point
 from .files import clone_or_copy, others_can_write, remove_durably, rename_durably, set_immutable, sha256_of, write_atomically
-from .identifiers import check_version
+from .identifiers import BOOT_FILES, check_version
 
 
 BACKUP_STAMP = "%Y%m%dT%H%M%S"  # a backup's name: when it was set aside, UTC
@@ -145,15 +147,18 @@ class Store:
         return doomed
 
     def _remove_version(self, image: str, version: int) -> None:
-        set_immutable(self.image_file(image, version), False)
-        remove_durably(self.image_file(image, version))
+        # The image first: from then on, whatever is left of the version is a leftover without its image,
+        # which discard_unfinished removes if this is interrupted.
+        _remove_immutable(self.image_file(image, version))
         remove_durably(self.checksum_file(image, version))
+        for name in BOOT_FILES:
+            _remove_immutable(self.boot_file(image, version, name))
         remove_durably(self._publishing_mark(image, version))
 
     def discard_unfinished(self, image: str) -> list[int]:
         """Remove what an interrupted publish left in images/<image>/: a version still marked as being
         published (`v<N>.publishing`, made before the version is renamed into place and removed once it is
-        current) that never became current, and checksums and marks without their image. A finished
+        current) that never became current, and checksums, boot files and marks without their image. A finished
         version is never removed here, whatever `current` says, nor one an overlay or backup was made
         from. Returns the versions removed."""
         directory = self.images / image
@@ -163,9 +168,12 @@ class Store:
         unfinished = [v for v in marked if (image, v) not in pins]
         for v in unfinished:
             self._remove_version(image, v)
-        for leftover in [*directory.glob("v*.sha256"), *directory.glob("v*.publishing")]:
-            if not leftover.with_suffix(".img").exists():
-                remove_durably(leftover)
+        companions = [*directory.glob("v*.sha256"), *directory.glob("v*.publishing"),
+                      *(path for name in BOOT_FILES for path in directory.glob(f"v*.{name}"))]
+        for leftover in companions:
+            version = leftover.name.split(".", 1)[0]  # v<N>
+            if not (directory / f"{version}.img").exists():
+                _remove_immutable(leftover)
         if current is not None and self._publishing_mark(image, current).exists():
             remove_durably(self._publishing_mark(image, current))  # it became current: finished
         return unfinished
@@ -210,24 +218,42 @@ class Store:
             raise
         return staged
 
-    def commit_version(self, image: str, staged: Path, sha256: str) -> tuple[int, str, bool]:
+    def commit_version(self, image: str, staged: Path, sha256: str, boot: Path | None = None) -> tuple[int, str, bool]:
         """Make a staged file the next version of `image` and its current one: read-only, its SHA-256 next
-        to it, immutable where the filesystem has the flag. Returns the version, the checksum, and whether
-        the file is immutable."""
+        to it, and the kernel and initrd read out of it (the files BOOT_FILES names in the directory `boot`,
+        if given) beside it, all immutable where the filesystem has the flag. Returns the version, the
+        checksum, and whether the files are immutable."""
         directory = self.images / image
         directory.mkdir(mode=0o700, exist_ok=True)
         version = max(self.versions(image), default=0) + 1
+        for name in BOOT_FILES:  # left by a commit of this number that failed since start-up: never a version's
+            _remove_immutable(self.boot_file(image, version, name))
         os.chmod(staged, 0o444)
         # Marked before it is renamed into place, unmarked once current: start-up discards only a marked
         # version that never became current (a publish that died half-way), never a finished one.
         write_atomically(self._publishing_mark(image, version), b"", 0o600)
         write_atomically(self.checksum_file(image, version), f"{sha256}  v{version}.img\n".encode(), 0o444)
+        # Before the image: a version is never seen without the boot files it will have.
+        if boot is not None:
+            for name in BOOT_FILES:
+                os.chmod(boot / name, 0o444)
+                rename_durably(boot / name, self.boot_file(image, version, name))
         rename_durably(staged, self.image_file(image, version))
         crash_point("publish-renamed")
         immutable = set_immutable(self.image_file(image, version), True)
+        if boot is not None:
+            for name in BOOT_FILES:
+                set_immutable(self.boot_file(image, version, name), True)  # after the rename: it forbids renames
         write_atomically(directory / "current", f"{version}\n".encode(), 0o644)
         remove_durably(self._publishing_mark(image, version))
         return version, sha256, immutable
+
+    def boot_file(self, image: str, version: int, name: str) -> Path:
+        """A version's own kernel or initrd (`name` is one of BOOT_FILES)."""
+        return self.images / image / f"v{version}.{name}"
+
+    def has_boot_files(self, image: str, version: int) -> bool:
+        return all(self.boot_file(image, version, name).is_file() for name in BOOT_FILES)
 
     def checksum_file(self, image: str, version: int) -> Path:
         return self.images / image / f"v{version}.sha256"
@@ -353,6 +379,13 @@ class Store:
     def size_bytes(self) -> int:
         st = os.statvfs(self.root)
         return st.f_blocks * st.f_frsize
+
+
+def _remove_immutable(path: Path) -> None:
+    """Remove a file of a version (absent is fine), clearing its immutable flag first."""
+    if path.exists():
+        set_immutable(path, False)
+    remove_durably(path)
 
 
 def _listed(versions: list[int]) -> str:

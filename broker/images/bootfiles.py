@@ -19,11 +19,10 @@ import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..identifiers import BOOT_FILES
 from .disk import Disk, Files, Unreadable, find_filesystems, fstab, read_table, separate_boot, version_key
 
-KERNEL = "vmlinuz"
-INITRD = "initrd.img"
-NAMES = (KERNEL, INITRD)  # the files kept beside a version, by these names
+KERNEL, INITRD = BOOT_FILES  # the files kept beside a version, by these names
 
 LOOKED_FOR = ("/vmlinuz and /initrd.img, /boot/vmlinuz and /boot/initrd.img, or the newest /boot/vmlinuz-RELEASE "
               "with /boot/initrd.img-RELEASE or /boot/initramfs-RELEASE.img")

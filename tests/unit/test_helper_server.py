@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 from broker.config import HelperConfig
-from broker.errors import BackendFailure, BadRequest, Busy, HelperUnavailable, NoSuchSession
+from broker.errors import BackendFailure, BadRequest, Busy, HelperUnavailable, NoSuchSession, UnknownImage
 from broker.helper_client import HelperClient
 from broker.helper_server import PERMISSIONS, Groups, HelperServer, Peer, Role, watch_lio
-from broker.protocol import MAX_MESSAGE_BYTES, OPERATIONS, encode_request
+from broker.protocol import MAX_MESSAGE_BYTES, OPERATIONS, OpenFile, encode_request
 
 
 class Operations:
@@ -80,6 +80,17 @@ class Operations:
         self.calls.append(("set_current", {}))
         return {}
 
+    boot_file_content = b"kernel " * 1000
+
+    def boot_file(self, image: str, version: int, name: str) -> OpenFile:
+        self.calls.append(("boot_file", {"image": image, "version": version, "name": name}))
+        if version != 2:
+            raise UnknownImage(f"{image} v{version} has no {name} of its own")
+        path = Path(os.environ["BOOT_FILE_DIR"]) / name
+        path.write_bytes(self.boot_file_content)
+        fd = os.open(path, os.O_RDONLY)
+        return OpenFile(fd, os.fstat(fd).st_size)
+
 
 def test_every_operation_has_a_permission() -> None:
     assert set(PERMISSIONS) == set(OPERATIONS)
@@ -117,13 +128,17 @@ def test_every_operation_has_a_permission() -> None:
         (Role.HELPDESK, "set_current", False),
         (Role.BROKER, "set_current", False),
         (Role.ROOT, "set_current", True),
+        (Role.BROKER, "boot_file", True),
+        (Role.HELPDESK, "boot_file", False),
+        (Role.NONE, "boot_file", False),
     ],
 )
-def test_permissions(roles: Role, op: str, allowed: bool) -> None:
+def test_permissions(roles: Role, op: str, allowed: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BOOT_FILE_DIR", str(tmp_path))
     operations = Operations()
     server = HelperServer(operations, HelperConfig(Path("/x"), "b", "h"), Groups(1, 2))  # type: ignore[arg-type]
     values = {"image": "demo", "user": "alice", "source": "/x", "version": 2, "backup": None,
-              "from_image": "demo"}
+              "from_image": "demo", "name": "vmlinuz"}
     args = {name: values[name] for name in OPERATIONS[op]}
     reply = json.loads(asyncio.run(server.answer(Peer(1, 1000, 1000, roles), encode_request(op, args))))
     if allowed:
@@ -154,6 +169,50 @@ async def test_client_and_server_over_a_real_socket(socket_path: Path) -> None:
         with pytest.raises(NoSuchSession, match="alice has no live session"):
             await asyncio.to_thread(client.call, "end_session", image="demo", user="alice")
         assert (socket_path.stat().st_mode & 0o777) == 0o660
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_a_boot_file_is_handed_over_as_an_open_descriptor(
+    socket_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BOOT_FILE_DIR", str(tmp_path))
+    operations = Operations()
+    server = await _serve(socket_path, operations)
+    async with server:
+        client = HelperClient(socket_path)
+        await asyncio.to_thread(client.call, "health")  # the server's own descriptors are open from here on
+        await asyncio.sleep(0.05)  # and that connection's closed on both sides
+        before = _open_descriptors()
+        for _ in range(3):  # one connection each; the helper closes its copy each time
+            opened = await asyncio.to_thread(client.call_for_file, "boot_file", image="demo", version=2, name="vmlinuz")
+            with os.fdopen(opened.fd, "rb") as f:
+                assert f.read() == Operations.boot_file_content
+            assert opened.size == len(Operations.boot_file_content)
+        with pytest.raises(UnknownImage, match="v3 has no initrd.img"):
+            await asyncio.to_thread(client.call_for_file, "boot_file", image="demo", version=3, name="initrd.img")
+        # Another request on the same connection after a file: the replies stay in order.
+        reader, writer = await asyncio.open_unix_connection(socket_path)
+        for version, ok in ((2, True), (3, False), (2, True)):
+            writer.write(encode_request("boot_file", {"image": "demo", "version": version, "name": "vmlinuz"}))
+            assert json.loads(await reader.readline())["ok"] is ok
+        writer.write(encode_request("health", {}))
+        assert json.loads(await reader.readline())["result"] == {"ok": True}
+        writer.close()
+        await writer.wait_closed()
+        await asyncio.sleep(0.05)
+        assert _open_descriptors() == before  # nothing leaked on either side
+
+
+async def test_a_file_operation_answered_without_a_file_is_an_internal_error(socket_path: Path) -> None:
+    server = await _serve(socket_path, Operations())
+    async with server:
+        client = HelperClient(socket_path)
+        with pytest.raises(Exception, match="without the file"):
+            # health answers a plain line: what a broken or older helper would do
+            await asyncio.to_thread(client.call_for_file, "health")
 
 
 async def test_an_oversized_request_is_refused(socket_path: Path) -> None:
