@@ -96,7 +96,9 @@ class ImageConfig:
     users: frozenset[str]  # who may boot it, by name; "*" is everyone who can log in
     groups: frozenset[str]  # ... or by group membership (resolved through NSS)
     boot: BootMethod
-    kernel: str  # netroot only: URLs iPXE fetches, and extra kernel arguments
+    # netroot only: URLs iPXE fetches ("": the kernel and initrd of each published version, which the
+    # broker serves), and extra kernel arguments
+    kernel: str
     initrd: str
     cmdline: str
 
@@ -246,16 +248,37 @@ def _image(r: _Reader, name: str, table: dict[str, Any]) -> ImageConfig:
     initrd = r.value(section, table, "initrd", str, "")
     cmdline = r.value(section, table, "cmdline", str, "")
     if boot is BootMethod.NETROOT:
+        if bool(kernel) != bool(initrd):
+            r.problems.append(
+                f"[{section}] kernel and initrd: give both URLs, or neither (then the kernel and initrd read out of "
+                "each published version are served, the ones that match its modules)")
         for key, url in (("kernel", kernel), ("initrd", initrd)):
-            if not url:
-                r.problems.append(f"[{section}] {key}: required with boot = \"netroot\" (a URL iPXE can fetch)")
-            elif not (url.startswith(("http://", "https://", "tftp://")) and _URL_CHARACTERS.fullmatch(url) and script_safe(url)):
+            if url and not (url.startswith(("http://", "https://", "tftp://")) and _URL_CHARACTERS.fullmatch(url) and script_safe(url)):
                 r.problems.append(f"[{section}] {key}: {url!r} is not an http(s):// or tftp:// URL")
         if not cmdline.isprintable() or not script_safe(cmdline) or len(cmdline) > 512:
             r.problems.append(f"[{section}] cmdline: {cmdline!r} has characters a boot script cannot carry")
     elif kernel or initrd or cmdline:
         r.problems.append(f"[{section}]: kernel, initrd and cmdline only apply with boot = \"netroot\"")
     return ImageConfig(name, description, users, groups, boot, kernel, initrd, cmdline)
+
+
+def _netroot_portal_problem(iscsi: IscsiConfig) -> str | None:
+    """Why netroot cannot log in with these portals, or None. dracut's netroot= names one portal (the first
+    advertised); dracut runs a SendTargets discovery there and logs in to the record for that same portal.
+    LIO answers discovery with the portals it listens on, a wildcard one (0.0.0.0, [::]) as the address the
+    server sees itself at: behind NAT, a port forward or any address other than its own, dracut finds no
+    record for the portal it was given and the boot fails. So LIO must listen on that very address and port."""
+    if not iscsi.advertise or not iscsi.portals:
+        return None  # reported as a problem of [iscsi] already
+    first = iscsi.advertise[0]
+    if first in iscsi.portals:
+        return None
+    return (f"the first advertised portal {first} (the one netroot= names) is not a portal LIO listens on by that "
+            f"address ([iscsi] portals = [{', '.join(repr(str(p)) for p in iscsi.portals)}]). dracut logs in only "
+            "to a target that SendTargets discovery at that portal reports for that same portal, and a wildcard "
+            "portal reports the address the server sees itself at, so through NAT, a port forward or a DNS name "
+            f"there is no record to log in to: add \"{first}\" to [iscsi] portals in place of a wildcard on "
+            "that port (LIO must own that address, the one workstations reach), or boot the image by sanboot")
 
 
 def _positive(r: _Reader, section: str, table: dict[str, Any], key: str, default: float, integer: bool = True) -> Any:
@@ -413,6 +436,7 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Config:
             r.problems.append("[iscsi] advertise: required when a portal is a wildcard; list the addresses clients use")
         advertise = portals
     iscsi = IscsiConfig(iqn=IqnScheme(date or "1970-01", domain or "invalid.invalid"), portals=portals, advertise=advertise)
+    netroot_portal = _netroot_portal_problem(iscsi)
 
     images: dict[str, ImageConfig] = {}
     for name, table in r.table("images").items():
@@ -425,6 +449,9 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Config:
         images[name] = _image(r, name, table)
     if not images:
         r.problems.append("[images]: define at least one image, e.g. [images.debian] description = \"Debian 12\"")
+    for name, image in images.items():
+        if image.boot is BootMethod.NETROOT and netroot_portal:
+            r.problems.append(f"[images.{name}] boot = \"netroot\": {netroot_portal}")
 
     for name in images:
         longest = iscsi.iqn.longest_name(name)

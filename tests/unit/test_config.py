@@ -147,20 +147,57 @@ def test_image_descriptions_that_a_script_cannot_carry_are_refused(description: 
         parse(data)
 
 
-def test_netroot_images_need_kernel_and_initrd_urls() -> None:
+def netroot_example(**image: str) -> dict:
+    """The lab's example with its image booted by netroot, LIO listening on the advertised address itself."""
     data = example()
-    data["images"]["demo"]["boot"] = "netroot"
+    data["iscsi"]["portals"] = ["10.0.2.15:3260"]
+    data["images"]["demo"].update(boot="netroot", **image)
+    return data
+
+
+def test_netroot_kernel_and_initrd_urls_are_optional_and_go_together() -> None:
+    own = parse(netroot_example()).images["demo"]  # the kernel and initrd of each published version
+    assert (own.kernel, own.initrd) == ("", "")
+    urls = parse(netroot_example(kernel="https://x/vmlinuz", initrd="https://x/initrd.img")).images["demo"]
+    assert (urls.kernel, urls.initrd) == ("https://x/vmlinuz", "https://x/initrd.img")
+    with pytest.raises(ConfigError, match="kernel and initrd: give both URLs, or neither"):
+        parse(netroot_example(kernel="https://x/vmlinuz"))
     with pytest.raises(ConfigError) as info:
-        parse(data)
-    assert "kernel: required" in str(info.value) and "initrd: required" in str(info.value)
-    data["images"]["demo"].update(kernel="https://x/vmlinuz", initrd="file:///etc/shadow", cmdline="ip=dhcp $x")
-    with pytest.raises(ConfigError) as info:
-        parse(data)
+        parse(netroot_example(kernel="https://x/vmlinuz", initrd="file:///etc/shadow", cmdline="ip=dhcp $x"))
     assert "initrd: 'file:///etc/shadow'" in str(info.value) and "cmdline" in str(info.value)
     sanboot = example()
     sanboot["images"]["demo"]["kernel"] = "https://x/vmlinuz"
     with pytest.raises(ConfigError, match="only apply with boot"):
         parse(sanboot)
+
+
+def test_netroot_needs_lio_to_listen_on_its_first_advertised_portal_itself() -> None:
+    """dracut discovers (SendTargets) at the portal in netroot= and logs in to the record for that portal; a
+    wildcard portal answers discovery with the address the server sees itself at, so through NAT, a port
+    forward or a DNS name there would be no record to log in to."""
+    data = example()  # portals ["0.0.0.0:3260"], advertise ["10.0.2.15:3260"]: fine for sanboot
+    data["images"]["demo"]["boot"] = "netroot"
+    with pytest.raises(ConfigError) as info:
+        parse(data)
+    (problem,) = info.value.problems
+    assert problem.startswith("[images.demo] boot = \"netroot\": ")
+    for expected in ("10.0.2.15:3260", "discovery", "wildcard", 'add "10.0.2.15:3260" to [iscsi] portals'):
+        assert expected in problem, problem
+    other_port = netroot_example()
+    other_port["iscsi"]["portals"] = ["10.0.2.15:3261"]
+    with pytest.raises(ConfigError, match="10.0.2.15:3260"):
+        parse(other_port)
+    second = netroot_example()
+    second["iscsi"]["advertise"] = ["192.0.2.7:3260", "10.0.2.15:3260"]  # only the first is in netroot=
+    with pytest.raises(ConfigError, match="192.0.2.7:3260"):
+        parse(second)
+    assert parse(netroot_example()).iscsi.advertise == (Portal("10.0.2.15", 3260),)
+    v6 = netroot_example()
+    v6["iscsi"].update(portals=["[2001:db8::1]:3260"], advertise=["[2001:db8:0::1]:3260"])  # one address, two spellings
+    assert parse(v6).images["demo"].boot.value == "netroot"
+    no_advertise = netroot_example()
+    del no_advertise["iscsi"]["advertise"]  # the portals are what is advertised
+    assert parse(no_advertise).iscsi.advertise == (Portal("10.0.2.15", 3260),)
 
 
 def test_store_capacity_settings_have_defaults_and_ranges() -> None:
