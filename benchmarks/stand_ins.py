@@ -5,9 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from broker.protocol import OpenFile
+
 
 class NoHelper:
     async def ensure_session(self, image: str, user: str) -> dict[str, Any]:
+        raise AssertionError("nobody boots in a login benchmark")
+
+    async def boot_file(self, image: str, version: int, name: str) -> OpenFile:
         raise AssertionError("nobody boots in a login benchmark")
 
     async def published(self) -> list[str]:

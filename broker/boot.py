@@ -19,11 +19,13 @@ from typing import Any, Protocol
 from .access import needs_groups, permitted_images
 from .config import BootMethod, BrokerConfig, Config, ImageConfig, Portal
 from .errors import (
-    BrokerError, Busy, ErrorCode, InternalError, LoginFailed, NotPermitted, TooManyAttempts, UnknownImage,
+    BackendFailure, BrokerError, Busy, ErrorCode, InternalError, LoginFailed, NotPermitted, TooManyAttempts,
+    UnknownImage,
 )
-from .identifiers import CHAP_ALPHABET, IMAGE_NAME, USER_NAME, loggable, script_safe
+from .identifiers import BOOT_FILES, CHAP_ALPHABET, IMAGE_NAME, USER_NAME, loggable, script_safe
 from .limiter import WAIT, LoginLimiter
 from .metrics import Metrics
+from .protocol import OpenFile
 from .scripts import ENTRY, MENU, MESSAGE, NETROOT, SANBOOT, ScriptRenderer
 from .tokens import TokenSigner
 
@@ -41,6 +43,7 @@ class Authenticator(Protocol):
 
 class SessionHelper(Protocol):
     async def ensure_session(self, image: str, user: str) -> dict[str, Any]: ...
+    async def boot_file(self, image: str, version: int, name: str) -> OpenFile: ...
     async def published(self) -> list[str]: ...
     async def health(self) -> dict[str, Any]: ...
 
@@ -66,6 +69,10 @@ class Grant:
     initiator_iqn: str
     chap_user: str
     chap_secret: str
+    # The version the user's disk is pinned to, and whether it has its own kernel and initrd (netroot); a
+    # helper older than these fields answers neither: no boot files.
+    version: int | None = None
+    boot_files: bool = False
 
     @classmethod
     def from_helper(cls, data: dict[str, Any]) -> Grant:
@@ -73,12 +80,13 @@ class Grant:
             portals = [Portal.parse(str(text)) for text in data["portals"]]
             grant = cls(
                 data["target_iqn"], data["lun"], tuple(portals), data["initiator_iqn"], data["chap_user"],
-                data["chap_secret"],
+                data["chap_secret"], data.get("version"), data.get("boot_files", False) is True,
             )
             if not (IQN.fullmatch(grant.target_iqn) and IQN.fullmatch(grant.initiator_iqn) and portals
                     and isinstance(grant.lun, int) and 0 <= grant.lun < 16384
                     and re.fullmatch(r"[a-z0-9.-]{1,128}", grant.chap_user)
-                    and CHAP_SECRET.fullmatch(grant.chap_secret)):
+                    and CHAP_SECRET.fullmatch(grant.chap_secret)
+                    and (grant.version is None or type(grant.version) is int and grant.version > 0)):
                 raise ValueError("field out of range")
         except (KeyError, TypeError, ValueError) as e:
             raise InternalError(f"the helper's session answer is malformed ({e})") from None
@@ -174,6 +182,39 @@ class BootFlow:
     def login_url(self) -> str:
         scheme = self.broker.url.split("://", 1)[0]
         return f"{scheme}://${{username:uristring}}:${{password:uristring}}@{self.broker.host}/login.ipxe"
+
+    def _netroot_files(self, image: ImageConfig, user: str, grant: Grant, address: str) -> tuple[str, str]:
+        """The kernel and initrd URLs of a netroot script: the site's, if it set them; else this broker's
+        file links to the kernel and initrd of the version the user's disk is pinned to."""
+        if image.kernel:
+            return image.kernel, image.initrd
+        if grant.version is None or not grant.boot_files:
+            raise BackendFailure(
+                f"{image.name} v{grant.version} has no kernel and initrd of its own, and [images.{image.name}] sets "
+                "no kernel and initrd URLs: publish a version that has them (images publish reads them out of the "
+                "disk), or rebase the user onto one")
+        link = self.signer.issue_file_link(user, image.name, grant.version, address)
+        kernel, initrd = BOOT_FILES
+        return self.url(f"/boot/{image.name}/{link}/{kernel}"), self.url(f"/boot/{image.name}/{link}/{initrd}")
+
+    async def boot_file(self, image_name: str, link: str, name: str, address: str) -> OpenFile:
+        """A version's kernel or initrd, open, for a netroot script's file link (checked: signed, bound to
+        this address and image, unexpired; usable more than once). The caller closes it."""
+        if not IMAGE_NAME.fullmatch(image_name) or image_name not in self.config.images or name not in BOOT_FILES:
+            raise UnknownImage(f"no boot file {loggable(image_name, 64)}/{loggable(name, 16)}")
+        try:
+            grant = self.signer.verify_file_link(link, image_name, address)
+        except BrokerError:
+            self.metrics.boot_file(name, "refused")
+            raise
+        try:
+            opened = await self.helper.boot_file(image_name, grant.version, name)
+        except BrokerError:
+            self.metrics.boot_file(name, "failed")
+            raise
+        self.metrics.boot_file(name, "ok")
+        log.info("%s of %s v%d for %s at %s (%d bytes)", name, image_name, grant.version, grant.user, address, opened.size)
+        return opened
 
     # the conversation
 
@@ -313,9 +354,9 @@ class BootFlow:
             raise
         self.metrics.session_started(self._clock() - started)
         log.info("boot of %s by %s from %s: initiator %s", image.name, grant.user, address, session.initiator_iqn)
-        return self._boot_script(image, grant.user, session)
+        return self._boot_script(image, grant.user, session, address)
 
-    def _boot_script(self, image: ImageConfig, user: str, grant: Grant) -> str:
+    def _boot_script(self, image: ImageConfig, user: str, grant: Grant, address: str) -> str:
         values: dict[str, object] = {
             "user": user,
             "image": image.name,
@@ -327,7 +368,8 @@ class BootFlow:
             "retry_url": self.url("/boot.ipxe?then=login"),
         }
         if image.boot is BootMethod.NETROOT:
-            values.update(kernel=image.kernel, initrd=image.initrd, cmdline=image.cmdline, netroot=grant.netroot())
+            kernel, initrd = self._netroot_files(image, user, grant, address)
+            values.update(kernel=kernel, initrd=initrd, cmdline=image.cmdline, netroot=grant.netroot())
             return self.renderer.render(NETROOT, values)
         values["san_uris"] = grant.san_uris()
         return self.renderer.render(SANBOOT, values)

@@ -12,10 +12,14 @@ import time
 from collections import Counter
 from typing import Any
 
+from .identifiers import BOOT_FILES
+
 # ensure_session as the broker waits for it: a cold start makes an overlay and a target
 SESSION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # failed: unknown user or wrong password; limited: too many failures; busy: PAM's queue was full, PAM not asked
 LOGIN_RESULTS = ("ok", "failed", "limited", "busy")
+# a netroot script's kernel and initrd: refused (a forged, expired or foreign file link), failed (the helper)
+BOOT_FILE_RESULTS = ("ok", "refused", "failed")
 # the helper's health -> (metric name, help)
 HELPER_GAUGES = {
     "sessions": ("bootbroker_live_sessions", "Live boot sessions (users with an ACL on their target)."),
@@ -34,6 +38,15 @@ class Metrics:
         self.pam_conversations = 0
         self.pam_seconds = 0.0
         self.pam_cpu_seconds = 0.0
+        self.boot_files: Counter[tuple[str, str]] = Counter()  # (file, result)
+        self.boot_file_bytes = 0
+
+    def boot_file(self, name: str, result: str) -> None:
+        assert name in BOOT_FILES and result in BOOT_FILE_RESULTS, (name, result)
+        self.boot_files[name, result] += 1
+
+    def boot_file_sent(self, size: int) -> None:
+        self.boot_file_bytes += size
 
     def login(self, result: str) -> None:
         assert result in LOGIN_RESULTS, result
@@ -81,6 +94,13 @@ class Metrics:
             "# HELP bootbroker_pam_cpu_seconds_total CPU time of the broker's PAM threads in conversations.",
             "# TYPE bootbroker_pam_cpu_seconds_total counter",
             f"bootbroker_pam_cpu_seconds_total {self.pam_cpu_seconds:.6f}",
+            "# HELP bootbroker_boot_files_total Kernels and initrds asked for by netroot workstations, by result.",
+            "# TYPE bootbroker_boot_files_total counter",
+            *(f'bootbroker_boot_files_total{{file="{f}",result="{r}"}} {self.boot_files[f, r]}'
+              for f in BOOT_FILES for r in BOOT_FILE_RESULTS),
+            "# HELP bootbroker_boot_file_bytes_total Bytes of kernels and initrds sent in full.",
+            "# TYPE bootbroker_boot_file_bytes_total counter",
+            f"bootbroker_boot_file_bytes_total {self.boot_file_bytes}",
             "# HELP process_cpu_seconds_total CPU time of the broker's process, all threads (user and system).",
             "# TYPE process_cpu_seconds_total counter",
             f"process_cpu_seconds_total {time.process_time():.6f}",

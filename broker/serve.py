@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,7 @@ from .helper_client import HelperClient
 from .limiter import LoginLimiter
 from .metrics import Metrics
 from .pam_auth import PamAuthenticator
+from .protocol import OpenFile
 from .scripts import ScriptRenderer
 from .tls import describe, ensure_certificate, server_context
 from .tokens import TokenSigner
@@ -58,12 +60,30 @@ class ThreadedHelper:
         result: list[str] = await self._call("published")
         return result
 
+    async def boot_file(self, image: str, version: int, name: str) -> OpenFile:
+        """A version's kernel or initrd, as the descriptor the helper sends (the caller closes it)."""
+        opened = asyncio.get_running_loop().run_in_executor(
+            self._pool, lambda: self._client.call_for_file("boot_file", image=image, version=version, name=name))
+        try:
+            return await asyncio.shield(opened)
+        except asyncio.CancelledError:
+            # The workstation went away while the helper answered: the descriptor still arrives; close it then.
+            opened.add_done_callback(_close_when_opened)
+            raise
+        except (BadRequest, UnsupportedVersion) as e:
+            raise InternalError(f"the helper refused the broker's boot_file: {e.code.value}: {e.message}") from None
+
     async def health(self) -> dict[str, Any]:
         result: dict[str, Any] = await self._call("health")
         return result
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _close_when_opened(done: asyncio.Future[OpenFile]) -> None:
+    if not done.cancelled() and done.exception() is None:
+        os.close(done.result().fd)
 
 
 def build_app(config: Config, broker: BrokerConfig) -> web.Application:

@@ -9,6 +9,9 @@ Routes:
   GET  /login.ipxe            log in with HTTP Basic credentials (401 + challenge without them)
   POST /login.ipxe            log in with a form (username, password), for iPXE builds with `params`
   GET  /boot/<image>.ipxe     start a boot session with a token from the menu; the boot script
+  GET  /boot/<image>/<link>/vmlinuz, .../initrd.img
+                              a netroot script's kernel and initrd: those of the version the user's disk
+                              is pinned to, behind a signed file link (in the path, which no log shows)
   GET  /message.ipxe          why this workstation's last request failed
   GET  /health                JSON: the broker and the helper's health
   GET  /metrics               Prometheus text: logins, ensure_session latency, the helper's gauges
@@ -19,7 +22,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from typing import Any
+import os
+import re
+from typing import IO, Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -74,6 +79,14 @@ def _address(request: web.Request) -> str:
     return request.remote or "unknown"
 
 
+_FILE_LINK_PATH = re.compile(r"(/boot/[^/]*/)[^/]+(/[^/]*)")
+
+
+def shown_path(request: web.BaseRequest) -> str:
+    """The request's path for a log line: escaped, and without a file link's token (it is in the path)."""
+    return loggable(_FILE_LINK_PATH.sub(r"\1...\2", request.path) if _FILE_LINK_PATH.fullmatch(request.path) else request.path)
+
+
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The one place errors become answers: status from the code, the screen's message as a script,
@@ -85,10 +98,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         raise
     except BrokerError as e:
         error = e
-        log.warning("%s %s from %s: %s: %s", loggable(request.method), loggable(request.path), _address(request),
+        log.warning("%s %s from %s: %s: %s", loggable(request.method), shown_path(request), _address(request),
                     e.code, e.message)
     except Exception:
-        log.exception("%s %s from %s: unexpected failure", loggable(request.method), loggable(request.path),
+        log.exception("%s %s from %s: unexpected failure", loggable(request.method), shown_path(request),
                       _address(request))
         error = InternalError("unexpected failure")
     headers = {}
@@ -171,6 +184,48 @@ async def boot(request: web.Request) -> web.Response:
     return _script(await request.app[FLOW].boot(request.match_info["image"], token, _address(request)))
 
 
+CHUNK = 256 * 1024  # read at a time where the transport cannot sendfile (TLS)
+
+
+async def boot_file(request: web.Request) -> web.StreamResponse:
+    """A netroot script's kernel or initrd, streamed from the descriptor the helper sent (sendfile where
+    the transport can, chunks of CHUNK bytes otherwise): never read whole into memory. The whole file,
+    with its Content-Length; HEAD answers the headers only. Range is not offered (iPXE does not ask)."""
+    if request.query:
+        raise BadRequest("a boot file link takes no parameters")
+    flow = request.app[FLOW]
+    opened = await flow.boot_file(request.match_info["image"], request.match_info["link"],
+                                  request.match_info["file"], _address(request))
+    with os.fdopen(opened.fd, "rb") as file:
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream", "Cache-Control": "no-store"})
+        response.content_length = opened.size
+        writer = await response.prepare(request)
+        if request.method != "HEAD" and writer is not None:
+            await _send_file(request, writer, file, opened.size)
+            flow.metrics.boot_file_sent(opened.size)
+        await response.write_eof()
+    return response
+
+
+async def _send_file(request: web.Request, writer: Any, file: IO[bytes], size: int) -> None:
+    loop = asyncio.get_running_loop()
+    if request.transport is None:
+        raise ConnectionResetError("the workstation went away")
+    await writer.drain()
+    try:
+        await loop.sendfile(request.transport, file, 0, size, fallback=False)
+        return
+    except (NotImplementedError, asyncio.SendfileNotAvailableError):  # TLS, or a loop without sendfile
+        pass
+    left = size
+    while left > 0:
+        chunk = await loop.run_in_executor(None, file.read, min(CHUNK, left))
+        if not chunk:
+            raise ConnectionResetError("the boot file ended early")
+        await writer.write(chunk)
+        left -= len(chunk)
+
+
 async def message(request: web.Request) -> web.Response:
     return _script(request.app[FLOW].pending_message(_address(request)))
 
@@ -195,12 +250,12 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 class AccessLogger(AbstractAccessLogger):
-    """One line per request, without the query string: boot links carry tokens there; the method and the
-    (percent-decoded) path escaped."""
+    """One line per request, without the query string (boot links carry tokens there) nor a file link's
+    token (in its path); the method and the (percent-decoded) path escaped."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         self.logger.info(
-            '%s "%s %s" %d %.3fs', request.remote, loggable(request.method), loggable(request.path),
+            '%s "%s %s" %d %.3fs', request.remote, loggable(request.method), shown_path(request),
             response.status, time,
         )
 
@@ -213,6 +268,7 @@ def make_app(flow: BootFlow, helper: SessionHelper) -> web.Application:
     app.router.add_get("/login.ipxe", login)
     app.router.add_post("/login.ipxe", login)
     app.router.add_get("/boot/{image}.ipxe", boot)
+    app.router.add_get(r"/boot/{image}/{link}/{file:vmlinuz|initrd\.img}", boot_file)
     app.router.add_get("/message.ipxe", message)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)

@@ -7,7 +7,7 @@ stays in iPXE's settings for the next person at the workstation, e.g. when the b
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 
@@ -118,12 +118,14 @@ async def scripts() -> dict[str, str]:
         "entry-after-failure": f.entry(after_failure=True),
         "menu": await f.login("alice", "pw", "192.0.2.50"),
         "message": f.failure(LoginFailed("detail"), "192.0.2.50"),
-        "sanboot": f._boot_script(f.config.images["demo"], "alice", GRANT),
-        "netroot": f._boot_script(f.config.images["linux"], "alice", GRANT),
+        "sanboot": f._boot_script(f.config.images["demo"], "alice", GRANT, "192.0.2.50"),
+        "netroot": f._boot_script(f.config.images["linux"], "alice", GRANT, "192.0.2.50"),
+        "netroot-own-files": f._boot_script(replace(f.config.images["linux"], kernel="", initrd=""), "alice",
+                                            replace(GRANT, version=4, boot_files=True), "192.0.2.50"),
     }
 
 
-@pytest.mark.parametrize("name", ["entry", "entry-after-failure", "menu", "message", "sanboot", "netroot"])
+@pytest.mark.parametrize("name", ["entry", "entry-after-failure", "menu", "message", "sanboot", "netroot", "netroot-own-files"])
 async def test_every_way_back_to_the_prompt_clears_the_password(name: str) -> None:
     assert Script.parse((await scripts())[name]).leaks() == []
 

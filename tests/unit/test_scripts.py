@@ -7,6 +7,7 @@ the diff like code.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -64,18 +65,25 @@ def test_messages() -> None:
 
 def test_sanboot() -> None:
     f = flow()
-    check_golden("sanboot.ipxe", f._boot_script(f.config.images["demo"], "alice", GRANT))
+    check_golden("sanboot.ipxe", f._boot_script(f.config.images["demo"], "alice", GRANT, "192.0.2.50"))
 
 
 def test_sanboot_multipath_with_ipv6() -> None:
     f = flow()
     grant = Grant(**{**GRANT.__dict__, "portals": (Portal("192.0.2.10", 3260), Portal("2001:db8::10", 3261))})
-    check_golden("sanboot-multipath.ipxe", f._boot_script(f.config.images["demo"], "alice", grant))
+    check_golden("sanboot-multipath.ipxe", f._boot_script(f.config.images["demo"], "alice", grant, "192.0.2.50"))
 
 
 def test_netroot() -> None:
     f = flow()
-    check_golden("netroot.ipxe", f._boot_script(f.config.images["linux"], "alice", GRANT))
+    check_golden("netroot.ipxe", f._boot_script(f.config.images["linux"], "alice", GRANT, "192.0.2.50"))
+
+
+def test_netroot_with_the_versions_own_kernel_and_initrd() -> None:
+    f = flow()
+    own = replace(f.config.images["linux"], kernel="", initrd="")  # no URLs: the broker serves v4's
+    grant = replace(GRANT, version=4, boot_files=True)
+    check_golden("netroot-own-files.ipxe", f._boot_script(own, "alice", grant, "192.0.2.50"))
 
 
 @pytest.mark.parametrize("value", ["two\nlines", "${password}", "a{b", 'quote"', "x || shell", "tab\there", "nul\0"])

@@ -5,11 +5,13 @@ garbage, and a directory of accounts and groups."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterable
 from typing import Any
 
 from broker.config import Config, parse
-from broker.errors import BrokerError, HelperUnavailable
+from broker.errors import BrokerError, HelperUnavailable, UnknownImage
+from broker.protocol import OpenFile
 
 CHAP_SECRET = "S3cretS3cretS3cret42"
 
@@ -68,14 +70,21 @@ class FakeDirectory:
 
 
 class FakeHelper:
-    """A helper that grants sessions; `mode` makes it fail: "down", "slow", "store_full", "garbage"."""
+    """A helper that grants sessions; `mode` makes it fail: "down", "slow", "store_full", "garbage".
+    `boot_files` are the versions' own kernels and initrds, (image, version, name) -> content; sessions are
+    on `version`."""
 
     def __init__(self, mode: str = "ok", error: BrokerError | None = None,
-                 images: tuple[str, ...] = ("demo", "linux", "staff")) -> None:
+                 images: tuple[str, ...] = ("demo", "linux", "staff"),
+                 boot_files: dict[tuple[str, int, str], bytes] | None = None, version: int = 1) -> None:
         self.mode = mode
         self.error = error
         self.images = images  # those with a published version
         self.sessions: list[tuple[str, str]] = []
+        self.boot_files = boot_files or {}
+        self.version = version
+        self.files_asked: list[tuple[str, int, str]] = []
+        self.open_files: list[int] = []  # descriptors handed out, to check the broker closes them
 
     async def ensure_session(self, image: str, user: str) -> dict[str, Any]:
         if self.error is not None:
@@ -93,7 +102,22 @@ class FakeHelper:
             "initiator_iqn": f"iqn.2026-11.org.example.lab:client.{image}.{label}.0a1b2c3d",
             "chap_user": label,
             "chap_secret": CHAP_SECRET,
+            "version": self.version,
+            "boot_files": all((image, self.version, name) in self.boot_files for name in ("vmlinuz", "initrd.img")),
         }
+
+    async def boot_file(self, image: str, version: int, name: str) -> OpenFile:
+        self.files_asked.append((image, version, name))
+        if self.error is not None:
+            raise self.error
+        content = self.boot_files.get((image, version, name))
+        if content is None:
+            raise UnknownImage(f"{image} v{version} has no {name} of its own")
+        fd = os.memfd_create(name)  # a regular file, as the helper's are
+        os.write(fd, content)
+        os.lseek(fd, 0, os.SEEK_SET)
+        self.open_files.append(fd)
+        return OpenFile(fd, len(content))
 
     async def published(self) -> list[str]:
         if isinstance(self.error, HelperUnavailable):  # other errors are ensure_session's
