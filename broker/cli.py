@@ -259,6 +259,10 @@ def cmd_images_publish(args: argparse.Namespace) -> int:
     print(f"published {result['image']} version {result['version']} from {source}\n"
           f"  sha256 {result['sha256']}" + ("" if result["immutable"] else
                                             "\n  (not made immutable: the store's filesystem has no such flag)"))
+    if result.get("kernel"):
+        print(f"  kernel {result['kernel']} and initrd {result['initrd']} kept beside it (served for netroot)")
+    else:
+        print("  no kernel and initrd of its own: it cannot boot by netroot without kernel and initrd URLs")
     return EXIT_OK
 
 
@@ -405,7 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Store a raw disk image FILE, or with --from-overlay a user's overlay (a teacher's prepared "
                     "disk: its golden version with their changes; they must not be logged in), as the next "
                     "version of IMAGE. It becomes current: new overlays are made from it, existing ones stay on "
-                    "theirs (see rebase). Reflinked where the store can, checksummed, made immutable.",
+                    "theirs (see rebase). Reflinked where the store can, checksummed, made immutable. Its own "
+                    "kernel and initrd are read out of it and kept beside it (what a netroot boot gets); an image "
+                    "with boot = \"netroot\" and no kernel and initrd URLs refuses a disk without them.",
     )
     publish.set_defaults(handler=cmd_images_publish)
     publish.add_argument("image", help="an image named in the configuration")

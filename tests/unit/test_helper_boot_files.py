@@ -207,3 +207,23 @@ def test_start_up_removes_what_a_publish_was_reading_out_of_its_image(root: Path
     (work / "disk.img").symlink_to(helper.store.tmp / "publish-fedora-1-2")
     restarted(helper)
     assert not list(helper.store.tmp.iterdir())
+
+
+@pytest.mark.parametrize("kernel", [f"/boot/vmlinuz-{K}", None])
+def test_images_publish_says_whether_the_version_has_its_own_kernel_and_initrd(
+    kernel: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    from broker import cli
+
+    class Helper:
+        def call(self, op: str, **args: Any) -> dict[str, Any]:
+            return {"image": "fedora", "version": 2, "sha256": "ab" * 32, "immutable": True, "kernel": kernel,
+                    "initrd": kernel and f"/boot/initrd.img-{K}"}
+    monkeypatch.setattr(cli, "_client", lambda args, timeout=60.0: Helper())
+    image = random_disk(tmp_path)
+    assert cli.main(["--socket", str(tmp_path / "sock"), "images", "publish", "--no-check", "fedora", str(image)]) == 0
+    out = capsys.readouterr().out
+    if kernel:
+        assert f"  kernel /boot/vmlinuz-{K} and initrd /boot/initrd.img-{K} kept beside it (served for netroot)" in out
+    else:
+        assert "no kernel and initrd of its own: it cannot boot by netroot without kernel and initrd URLs" in out
