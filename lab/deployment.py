@@ -51,6 +51,8 @@ class Grant:
     initiator_iqn: str
     chap_user: str
     chap_secret: str
+    version: int | None = None  # the helper's answer has these; a script does not say them
+    boot_files: bool | None = None
 
 
 class Deployment:

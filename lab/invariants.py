@@ -4,7 +4,8 @@ Run as root in the lab VM: `python -m lab.invariants STORE TARGET_PREFIX BACKEND
 the problems found (empty when all is well). It reads configfs, `dmsetup` and `losetup` directly, not
 through the helper or rtslib, so it can judge the helper's repairs after a crash:
 - no half-made work: the scratch directory is empty, every overlay and backup has its meta.json, every
-  image version up to the current one has its checksum and none is newer than the current one;
+  image version up to the current one has its checksum and none is newer than the current one, and no
+  kernel or initrd is kept without its version;
 - every target, storage object, dm-snapshot device and loop device belongs to an overlay that exists;
 - every target exports LUN 0 and has at most one NodeACL, which is its live session's (as recorded), with
   the recorded CHAP credentials; every recorded session has its overlay, its target and its ACL.
@@ -20,6 +21,7 @@ from pathlib import Path
 
 TARGETS = Path("/sys/kernel/config/target")
 STORAGE_OBJECT_PREFIX = "bb."
+BOOT_FILES = ("vmlinuz", "initrd.img")  # a version's own kernel and initrd, kept beside it as v<N>.<name>
 
 
 def problems(store: Path, prefix: str, backend: str) -> list[str]:
@@ -73,13 +75,22 @@ def problems(store: Path, prefix: str, backend: str) -> list[str]:
 def _image_problems(images: Path) -> list[str]:
     found = []
     for directory in sorted(images.iterdir()):
-        versions = sorted(int(p.stem[1:]) for p in directory.glob("v*.img"))
+        versions = _numbered(directory, "img")
         current = int((directory / "current").read_text()) if (directory / "current").exists() else 0
         found += [f"{directory.name} v{v} is newer than the current v{current}" for v in versions if v > current]
-        checksums = sorted(int(p.stem[1:]) for p in directory.glob("v*.sha256"))
+        checksums = _numbered(directory, "sha256")
         if checksums != versions:
             found.append(f"{directory.name}: versions {versions} but checksums of {checksums}")
+        for name in BOOT_FILES:
+            orphans = sorted(set(_numbered(directory, name)) - set(versions))
+            found += [f"{directory.name} v{v}.{name} has no version" for v in orphans]
     return found
+
+
+def _numbered(directory: Path, suffix: str) -> list[int]:
+    """The N of every v<N>.<suffix> in `directory` (v1.initrd.img is not a v<N>.img)."""
+    numbers = (p.name.removeprefix("v").removesuffix(f".{suffix}") for p in directory.glob(f"v*.{suffix}"))
+    return sorted(int(n) for n in numbers if n.isdigit())
 
 
 def _overlay_of(storage_object: str) -> tuple[str, str]:
