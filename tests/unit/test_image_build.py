@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import struct
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -120,3 +121,26 @@ def test_the_system_is_set_up_for_an_iscsi_root_and_passwords_go_on_stdin(
     assert all("r00t-pw" not in " ".join(argv) and "t-pw" not in " ".join(argv) for argv, _ in calls)
     (chpasswd, stdin), = [(argv, stdin) for argv, stdin in calls if argv[-1] == "chpasswd"]
     assert stdin == "root:r00t-pw\nteacher:t-pw\n"
+
+
+def test_the_initramfs_carries_an_iscsi_roots_modules_and_no_local_disks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[list[str]] = []
+    monkeypatch.setattr(build, "_run", lambda argv, what, **kw: calls.append(list(argv)) or "")
+    build._install(build.BuildOptions(output=tmp_path / "disk.img"), tmp_path, tmp_path / "root")
+
+    (mmdebstrap,) = calls
+    assert f"--essential-hook=sync-in {tmp_path / 'early'} /" in mmdebstrap  # in place before the kernel
+    early = tmp_path / "early/etc/initramfs-tools"
+    assert "MODULES=list" in (early / "conf.d/bootbroker").read_text().splitlines()
+    hook = early / "hooks/bootbroker"
+    assert hook.stat().st_mode & 0o111
+    assert subprocess.run(["sh", "-n", str(hook)]).returncode == 0
+    assert subprocess.run([str(hook), "prereqs"], capture_output=True, text=True).stdout == ""
+    commands = [line.split() for line in hook.read_text().splitlines() if line and not line.startswith("#")]
+    named = {word for command in commands if command[0] in ("manual_add_modules", "copy_modules_dir")
+             for word in command[1:]}
+    assert {"kernel/drivers/net/ethernet", "virtio_net", "sd_mod", "ext4"} <= named
+    assert not any(word.startswith("kernel/drivers/") and word.split("/")[2] in ("scsi", "ata", "block", "md")
+                   for word in named)  # not every local disk's drivers: only the few a VM or a PC boots from
