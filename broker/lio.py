@@ -9,6 +9,7 @@ Callers serialise changes; each method either completes or removes what it creat
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -68,18 +69,29 @@ def _lookup_or_create(lookup: Callable[[], T], create: Callable[[], T], created:
         return obj
 
 
-def _backstore_made(create: Callable[[], T]) -> T:
-    """`create()` a storage object. rtslib-fb numbers its backstore from a per-process cache of configfs,
-    read once; another program making backstores meanwhile (targetcli, a site's own tooling) leaves it stale,
-    and the number taken collides ("already exists in configFS"). Then the cache is read again and `create`
-    retried once: rereading it on every login would walk every storage object in configfs."""
+def _backstore_made(create: Callable[[int | None], T], prefix: str) -> T:
+    """`create(None)` a storage object, rtslib-fb numbering its backstore (HBA directory `<prefix>_<N>`) from
+    a per-process cache of configfs, read once. The number taken collides ("already exists in configFS")
+    when another program made backstores meanwhile (targetcli, a site's own tooling), or left an HBA
+    directory empty (it stopped between removing its storage object and the HBA): rtslib's cache counts
+    only HBAs that hold a storage object, so rereading it would take the same number again. Then it is
+    retried once with a number of our own, the lowest no HBA directory has, and the cache is dropped (it
+    does not note a number given to it; the next use rereads it). Rereading configfs on every login
+    instead would walk every storage object."""
     try:
-        return create()
+        return create(None)
     except RTSLibError as e:
         if "already exists" not in str(e):
             raise
-        tcm.bs_cache.clear()
-        return create()
+    made = create(_free_index(prefix))
+    tcm.bs_cache.clear()
+    return made
+
+
+def _free_index(prefix: str) -> int:
+    """The lowest N with no HBA directory `<prefix>_N` in configfs, empty or not."""
+    used = {name.rpartition("_")[2] for name in (p.name for p in (CONFIGFS_TARGET / "core").glob(f"{prefix}_*"))}
+    return next(n for n in itertools.count() if str(n) not in used)
 
 
 def _rolled_back(created: list[Any]) -> None:
@@ -130,13 +142,15 @@ class Lio:
                 size = device.stat().st_size
                 so = _lookup_or_create(
                     lambda: FileIOStorageObject(so_name),
-                    lambda: _backstore_made(lambda: FileIOStorageObject(so_name, dev=str(device), size=size)),
+                    lambda: _backstore_made(
+                        lambda index: FileIOStorageObject(so_name, dev=str(device), size=size, index=index), "fileio"),
                     created,
                 )
             else:
                 so = _lookup_or_create(
                     lambda: BlockStorageObject(so_name),
-                    lambda: _backstore_made(lambda: BlockStorageObject(so_name, dev=str(device))),
+                    lambda: _backstore_made(
+                        lambda index: BlockStorageObject(so_name, dev=str(device), index=index), "iblock"),
                     created,
                 )
             crash_point("storage-object-created")
