@@ -31,6 +31,8 @@ HOST_PACKAGES = (
     "mmdebstrap", "dosfstools", "mtools", "ovmf",
     # bootbroker images check (broker/images/check.py): lsinitramfs/unmkinitramfs, and zstd for Debian 12's initrds
     "initramfs-tools-core", "zstd",
+    # a real OS boot's disk I/O is recorded as a fio iolog (lab/bootio.py): fio checks that it replays
+    "fio",
 )
 
 # Only for the benchmarks (scripts/lab bench): the mktgt approach's userspace target, tgtd.

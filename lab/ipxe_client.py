@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from lab import bootio
 from lab.vm import Lab
 
 CLIENT_SIDE = "10.0.2.100"  # where the client VM finds the broker (8080 HTTP, 8443 HTTPS) and iSCSI (3260)
@@ -37,10 +38,13 @@ class IpxeClient:
     """One workstation with the network card `nic`; `rom` replaces its iPXE ROM (Debian 13's virtio ROM
     expects the modern virtio device ID that Debian 12's qemu does not give, so it uses e1000); `capture`
     records its network traffic (pcap). `firmware` is "bios" (SeaBIOS) or "uefi" (OVMF; the NIC's ROM then
-    runs iPXE's EFI build); a real OS needs `memory_mb` of 1024 or so."""
+    runs iPXE's EFI build); a real OS needs `memory_mb` of 1024 or so. With `local_disk` (a raw image, never
+    written: qemu's snapshot mode) it boots that as its own virtio disk instead of the network, for comparison;
+    `io_trace` records that disk's requests (lab/bootio.py)."""
 
     def __init__(self, lab: Lab, name: str = "client", *, nic: str = "virtio-net-pci", rom: Path | None = None,
-                 capture: bool = False, firmware: str = "bios", memory_mb: int = 256) -> None:
+                 capture: bool = False, firmware: str = "bios", memory_mb: int = 256,
+                 local_disk: Path | None = None, io_trace: Path | None = None) -> None:
         self.lab = lab
         self.dir = lab.work_dir / name
         self.console = self.dir / "console.log"
@@ -52,6 +56,8 @@ class IpxeClient:
             raise ValueError(f"firmware {firmware!r}: bios or uefi")
         self.firmware = firmware
         self.memory_mb = memory_mb
+        self.local_disk = local_disk
+        self.io_trace = io_trace
         self.process: subprocess.Popen[bytes] | None = None
         # Called with a line every PROGRESS_EVERY seconds of a long wait (the demo prints it).
         self.progress: Callable[[str], None] | None = None
@@ -61,7 +67,14 @@ class IpxeClient:
             f"guestfwd=tcp:{CLIENT_SIDE}:{guest}-cmd:{sys.executable} {GUESTFWD} {host}"
             for guest, host in ((8080, self.lab.http_port), (8443, self.lab.broker_port), (3260, self.lab.iscsi_port))
         ]
-        nic = f"{self.nic},netdev=net0,bootindex=1" + (f",romfile={self.rom}" if self.rom else "")
+        nic = f"{self.nic},netdev=net0" + (f",romfile={self.rom}" if self.rom else "")
+        if self.local_disk is None:
+            boot = ["-device", f"{nic},bootindex=1", "-boot", "n"]
+        else:
+            boot = ["-device", nic, "-drive", f"if=none,id=disk0,format=raw,snapshot=on,file={self.local_disk}",
+                    "-device", "virtio-blk-pci,drive=disk0,bootindex=1"]
+            if self.io_trace is not None:
+                boot += bootio.qemu_args(self.io_trace)
         dump = ["-object", f"filter-dump,id=dump0,netdev=net0,file={self.capture}"] if self.capture else []
         firmware = ["-bios", str(OVMF)] if self.firmware == "uefi" else []
         return [
@@ -69,7 +82,7 @@ class IpxeClient:
             "-display", "none", "-serial", f"file:{self.console}",
             "-monitor", f"unix:{self.monitor},server,nowait",
             "-netdev", ",".join(["user,id=net0,restrict=on", f"bootfile={bootfile}", *forwards]),
-            "-device", nic, *dump, "-boot", "n", "-no-reboot",
+            *boot, *dump, "-no-reboot",
         ]
 
     def start(self, bootfile: str) -> None:

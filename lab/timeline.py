@@ -21,6 +21,13 @@ OS_BOOT = (
     ("root mounted", "EXT4-fs (sda3): mounted"),
     ("multi-user", "lab-os: multi-user reached"),
 )
+# The same image from the workstation's own (virtio) disk, from power-on: the baseline of OS_BOOT.
+LOCAL_BOOT = (
+    ("bootloader", "GNU GRUB"),
+    ("kernel and initrd read", "Linux version"),
+    ("root mounted", "EXT4-fs (vda3): mounted"),
+    ("multi-user", "lab-os: multi-user reached"),
+)
 
 
 class Timeline:
@@ -64,6 +71,12 @@ class Timeline:
                 rows.append((name, self.seen[name], self.seen[name] - previous))
                 previous = self.seen[name]
         return rows
+
+    def between(self, first: str, last: str) -> float | None:
+        """Seconds from milestone `first` to milestone `last`, if both were seen."""
+        if first in self.seen and last in self.seen:
+            return self.seen[last] - self.seen[first]
+        return None
 
     def table(self, title: str) -> str:
         lines = [title] + [f"  {name:24} {at:7.1f} s  (+{step:.1f} s)" for name, at, step in self.phases()]

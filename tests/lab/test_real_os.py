@@ -20,10 +20,12 @@ import pytest
 
 from broker.images.build import ROOT_START
 from lab import realos
+from lab.bootio import BootIo
+from lab.build import cache_dir
 from lab.broker import BrokerDeployment, running
 from lab.deployment import Deployment, prepare_accounts, refused_logins
 from lab.ipxe_client import CLIENT_SIDE, IpxeClient
-from lab.timeline import Timeline
+from lab.timeline import LOCAL_BOOT, Timeline
 from lab.vm import Lab
 
 STORE = "/srv/btrfs/bootbroker-os"
@@ -60,10 +62,32 @@ def report(request: pytest.FixtureRequest) -> Report:
     return emit
 
 
+@pytest.fixture(scope="module")
+def local_boots() -> dict[str, Timeline]:
+    """The image's boot from a workstation's local disk, per firmware: the baseline of its iSCSI boots."""
+    return {}
+
+
+def compared(iscsi: Timeline, local: Timeline | None) -> str:
+    """The iSCSI boot against the same image's boot from a local disk: GRUB to multi-user, and in all."""
+    if local is None:
+        return "  (no local-disk boot of this firmware to compare with)"
+    lines = []
+    for what, mine, theirs in (
+        ("from GRUB to multi-user", iscsi.between("bootloader", "multi-user"), local.between("bootloader", "multi-user")),
+        ("choosing the disk (iSCSI) or power-on (local) to multi-user", iscsi.seen.get("multi-user"),
+         local.seen.get("multi-user")),
+    ):
+        if mine is not None and theirs:
+            lines.append(f"  {what}: {mine:.1f} s over iSCSI, {theirs:.1f} s from a local disk: {mine / theirs:.2f}x")
+    return "\n".join(lines)
+
+
 def boot_os(workstation: IpxeClient, broker: BrokerDeployment, user: str,
-            report: Report | None = None) -> tuple[int, str, str, str]:
+            report: Report | None = None, baseline: dict[str, Timeline] | None = None) -> tuple[int, str, str, str]:
     """Log in as `user` at a fresh workstation, boot the first disk, wait for the OS's marker line; returns
-    (boot count on the disk, root device, target IQN, the root session's recovery_tmo)."""
+    (boot count on the disk, root device, target IQN, the root session's recovery_tmo). With `report`, the
+    boot's phases are printed, compared with `baseline`'s boot of the same firmware from a local disk."""
     workstation.start(f"{broker.url}/boot.ipxe")
     at = workstation.log_in(user, broker.passwords[user])
     timeline = Timeline(workstation.screen, after=at)
@@ -75,6 +99,7 @@ def boot_os(workstation: IpxeClient, broker: BrokerDeployment, user: str,
         timeline.stop()
     if report is not None:
         report(timeline.table(f"{workstation.firmware.upper()} boot of {user}'s Debian from choosing the disk:"))
+        report(compared(timeline, (baseline or {}).get(workstation.firmware)))
     (marked,) = realos.boots(workstation.screen()[at - len(realos.MARKER):])
     return marked
 
@@ -128,14 +153,45 @@ def workstations(lab: Lab) -> Iterator[dict[str, IpxeClient]]:
             machine.stop()
 
 
+def test_the_image_boots_from_a_local_disk_too_the_baseline_of_its_iscsi_boots(
+    lab: Lab, report: Report, local_boots: dict[str, Timeline]
+) -> None:
+    image = realos.ensure_os_image()
+    for firmware in ("bios", "uefi"):
+        trace = lab.work_dir / f"os-local-{firmware}.io-trace"
+        workstation = IpxeClient(lab, f"os-local-{firmware}", firmware=firmware, memory_mb=1024, local_disk=image,
+                                 io_trace=trace)
+        timeline = Timeline(workstation.screen, LOCAL_BOOT)
+        workstation.start("")
+        timeline.start()
+        try:
+            at = workstation.wait_for(realos.MARKER, timeout=OS_BOOT)
+        finally:
+            timeline.stop()
+            workstation.stop()
+        assert realos.boots(workstation.screen()[at - len(realos.MARKER):])[0][:2] == (1, "/dev/vda3")
+        local_boots[firmware] = timeline
+        report(timeline.table(f"{firmware.upper()} boot of the same image from a local disk, from power-on:"))
+        # Its disk I/O from power-on to the marker, kept for the boot-storm benchmarks to replay.
+        io = BootIo.parse(trace.read_text())
+        figures = io.summary()
+        assert figures["reads"] > 0 and figures["distinct_bytes_read"] <= figures["bytes_read"]
+        kept = cache_dir() / f"boot-io-{image.stem}-{firmware}.iolog"
+        kept.write_text(io.iolog())
+        report(f"  its disk I/O: {figures['reads']} reads, {figures['bytes_read'] / 2**20:.1f} MiB "
+               f"({figures['distinct_bytes_read'] / 2**20:.1f} MiB distinct: the working set), "
+               f"{figures['writes']} writes, {figures['bytes_written'] / 2**20:.1f} MiB; fio iolog: {kept}")
+
+
 def test_her_os_boots_bios_then_uefi_with_its_writes_and_the_second_workstation_takes_the_disk(
-    broker: BrokerDeployment, lab: Lab, workstations: dict[str, IpxeClient], report: Report
+    broker: BrokerDeployment, lab: Lab, workstations: dict[str, IpxeClient], report: Report,
+    local_boots: dict[str, Timeline],
 ) -> None:
     helper = broker.helper
     target = helper.target_iqn("demo", "student1")
     first, second = workstations["bios"], workstations["uefi"]
     # BIOS: the OS runs from student1's overlay and writes its first boot there.
-    count, root, booted_target, recovery = boot_os(first, broker, "student1", report)
+    count, root, booted_target, recovery = boot_os(first, broker, "student1", report, local_boots)
     assert (count, booted_target) == (1, target)
     assert root.startswith("/dev/sd")  # the iSCSI disk, found by UUID
     assert recovery == "600"  # the image's udev rule gave the initramfs's session the long timeout
@@ -144,7 +200,7 @@ def test_her_os_boots_bios_then_uefi_with_its_writes_and_the_second_workstation_
 
     # UEFI, another workstation, the same user: her disk, with the first OS's write in it (boot 2); the
     # first workstation's ACL is gone, so it can write nothing more.
-    count, _, booted_target, _ = boot_os(second, broker, "student1", report)
+    count, _, booted_target, _ = boot_os(second, broker, "student1", report, local_boots)
     assert (count, booted_target) == (2, target)
     (second_initiator, logged_in), = helper.initiators(target).items()
     assert second_initiator != first_initiator and logged_in
@@ -194,6 +250,25 @@ def test_another_user_boots_her_own_fresh_copy_and_the_helpdesk_resets_and_resto
     assert boot_count() == 1  # a fresh copy: her first boot was set aside as a backup
     broker.helper.cli("restore", "student2", "demo")  # the newest backup: the copy with that first boot
     assert boot_count() == 2
+
+
+def test_a_teachers_prepared_os_becomes_the_next_version_and_a_new_user_boots_it(
+    broker: BrokerDeployment, lab: Lab, report: Report
+) -> None:
+    # student2's disk (restored above, two boots counted on it) stands in for a teacher's prepared system.
+    began = time.monotonic()
+    published = broker.helper.cli("images", "publish", "demo", "--from-overlay", "demo", "student2", timeout=900)
+    report(f"images publish --from-overlay of a real OS took {time.monotonic() - began:.0f} s")
+    assert "published demo version 2 from the overlay of student2 on demo" in published.stdout
+    assert "kernel /boot/vmlinuz-" in published.stdout  # its own kernel and initrd, read out of her disk
+    broker.add_user("student3")
+    workstation = IpxeClient(lab, "os-student3", firmware="uefi", memory_mb=1024)
+    try:
+        count, _, booted_target, _ = boot_os(workstation, broker, "student3")
+    finally:
+        workstation.stop()
+    assert booted_target == broker.helper.target_iqn("demo", "student3")
+    assert count == 3  # student2's two boots are in the new version: student3 starts from her system
 
 
 def test_her_os_rides_out_a_power_cut_of_the_server(
