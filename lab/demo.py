@@ -1,25 +1,42 @@
-"""The lab demo, what `scripts/lab demo` runs: the whole story with real parts and a real netboot client.
+"""The lab demo, what `scripts/lab demo` runs: a person's own Debian, on any workstation, with real parts.
 
 The server is the lab VM: the helper as root on the kernel's LIO, the broker as the unprivileged
-`brokersvc` with real PAM. The workstations are qemu VMs on this host that netboot Debian 12's iPXE from
-their network card, on a restricted user network that reaches only the broker and iSCSI ports. A person's
-keystrokes are typed into them; the transcript shows what their screens show, step by step.
+`brokersvc` with real PAM. The golden image is a real Debian 12 made by `bootbroker images build`
+(lab/realos.py: built on this host once, then cached), published with `images publish`. The workstations
+are qemu VMs on this host, UEFI (OVMF) and BIOS (SeaBIOS), that netboot Debian 12's iPXE from their
+network card on a restricted user network reaching only the broker and iSCSI ports. A person's keystrokes
+are typed into them; the transcript shows the lines of their screens that tell the story (a booting Linux
+prints hundreds). Her "file" is the boot counter the image's unit keeps on her disk (lab/os-customize):
+the OS itself writes it, so the number it prints says whose disk, and what state of it, booted.
 """
 
 from __future__ import annotations
 
+import re
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-from . import golden
+from . import realos
 from .broker import BrokerDeployment
 from .deployment import Deployment, clear_lio, prepare_accounts, refused_logins
-from .ipxe_client import CLIENT_SIDE, IpxeClient
+from .ipxe_client import CLIENT_SIDE, PROGRESS_EVERY, IpxeClient
+from .timeline import Timeline
 from .vm import Lab
 
 STORE = "/srv/btrfs/bootbroker"
-GOLDEN_FILE = "/tmp/golden-demo.img"
 USER = "student1"
+OS_BOOT = 900.0  # seconds from the disk menu to the OS's marker line under TCG, with room to spare
+HEARTBEAT = re.compile(r"lab-os: heartbeat (\d+)")
+# The lines of a booting workstation's screen that tell the story: iPXE's SAN boot, the bootloader, the
+# kernel, the initramfs's own iSCSI login, the root, systemd, the OS's marker and its login prompt.
+STORY = re.compile(
+    r"Registered SAN device|Booting from SAN|^GNU GRUB +version|Linux version|iSCSI Initiator over TCP/IP|"
+    r"EXT4-fs \(sd\w+\): mounted|Welcome to Debian|lab-os: multi-user|lab-os login|"
+    r"detected conn error|I/O error|Remounting filesystem read-only"
+)
 
 
 def say(text: str) -> None:
@@ -35,24 +52,70 @@ def server(text: str) -> None:
         print(f"   server| {line}", flush=True)
 
 
+@contextmanager
+def ticking(what: str) -> Iterator[None]:
+    """Say every PROGRESS_EVERY seconds that `what` is still going on."""
+    done = threading.Event()
+    began = time.monotonic()
+
+    def tick() -> None:
+        while not done.wait(PROGRESS_EVERY):
+            note(f"... {what} ({time.monotonic() - began:.0f} s)")
+
+    thread = threading.Thread(target=tick, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
 class Screen:
-    """Prints what one workstation's screen shows since the last time."""
+    """Prints what one workstation's screen shows since the last time: every line, or those `only` matches."""
 
     def __init__(self, client: IpxeClient) -> None:
         self.client = client
         self.shown = 0
 
-    def show(self) -> None:
-        end = len(self.client.screen())
+    def show(self, only: re.Pattern[str] | None = None, upto: int | None = None) -> None:
+        end = len(self.client.screen()) if upto is None else upto
         for line in self.client.transcript(self.shown, end):
-            print(f"   {self.client.dir.name}| {line}", flush=True)
+            if only is None or only.search(line):
+                print(f"   {self.client.dir.name}| {line[:110]}", flush=True)
         self.shown = end
 
 
-def workstation(lab: Lab, name: str) -> IpxeClient:
-    client = IpxeClient(lab, name)
+def workstation(lab: Lab, name: str, firmware: str) -> tuple[IpxeClient, Screen]:
+    client = IpxeClient(lab, name, firmware=firmware, memory_mb=1024)
     client.progress = lambda line: note(f"... {line}")
-    return client
+    return client, Screen(client)
+
+
+def boot_her_disk(client: IpxeClient, screen: Screen, at: int) -> int:
+    """At the disk menu, take the first disk; show the boot's story and its phases; returns her boot count."""
+    chosen = at
+    timeline = Timeline(client.screen, after=chosen)
+    timeline.start()
+    client.keys("ret")
+    try:
+        at = client.wait_for(realos.MARKER, after=chosen, timeout=OS_BOOT)
+    finally:
+        timeline.stop()
+    try:  # the serial console's login prompt (root logs in by itself there: the lab's image)
+        client.wait_for("lab-os login", after=chosen, timeout=60)
+    except AssertionError:
+        pass  # not shown yet: the story does not depend on it
+    screen.show(STORY)
+    for line in timeline.table(f"{client.dir.name} ({client.firmware.upper()}) from choosing the disk:").splitlines():
+        note(line)
+    (count, root, target, _), = realos.boots(client.screen()[at - len(realos.MARKER):])
+    note(f"her OS runs with its root {root} on {target}: boot {count} of this disk")
+    return count
+
+
+def heartbeats(client: IpxeClient, after: int = 0) -> list[int]:
+    return [int(beat) for beat in HEARTBEAT.findall(client.screen()[after:])]
 
 
 def run_demo(lab: Lab) -> int:
@@ -65,9 +128,12 @@ def run_demo(lab: Lab) -> int:
     broker: BrokerDeployment | None = None
     clients: list[IpxeClient] = []
     try:
-        say("building a small bootable golden image (MBR, EXTLINUX, a Debian kernel) and publishing it as 'demo'")
-        golden.build(lab, GOLDEN_FILE)
-        server(helper.cli("images", "publish", "demo", GOLDEN_FILE, "--no-check").stdout)
+        say("the golden image: Debian 12 made by `bootbroker images build` from Debian's packages (cached)")
+        image = realos.ensure_os_image()
+        note(f"{image} ({image.stat().st_blocks * 512 >> 20} MiB written of {image.stat().st_size >> 30} GiB)")
+        say("the admin publishes it as 'demo': images check reads it first, then it becomes version 1")
+        with ticking("publishing: checking, copying and checksumming the image in the server VM"):
+            server(helper.cli("images", "publish", "demo", str(image), timeout=900).stdout)
 
         say("starting the broker as brokersvc with real PAM (/etc/pam.d/bootbroker, pam_unix) and lab accounts")
         note("plain HTTP, the lab-only insecure_http switch: Debian 12's iPXE has no HTTPS. Debian 13's iPXE")
@@ -76,11 +142,11 @@ def run_demo(lab: Lab) -> int:
         broker.install()
         broker.start()
         server("\n".join(line for line in broker.log().splitlines() if "broker ready" in line))
+        password = broker.passwords[USER]
 
-        first = workstation(lab, "workstation-1")
+        first, screen = workstation(lab, "workstation-1", "uefi")
         clients.append(first)
-        screen = Screen(first)
-        say("workstation-1 powers on and netboots: its iPXE gets the broker's entry menu; 'Log in' is chosen")
+        say("workstation-1 (UEFI) powers on and netboots: its iPXE gets the broker's entry menu; 'Log in'")
         first.start(f"{broker.url}/boot.ipxe")
         at = first.choose_log_in()
         screen.show()
@@ -90,57 +156,53 @@ def run_demo(lab: Lab) -> int:
         screen.show()
         note("nothing was made for her: the helper was not even asked")
         say("she types her password again (her name is kept): the broker shows the disks she may boot")
-        first.fill_in(None, broker.passwords[USER])
+        first.fill_in(None, password)
         at = first.wait_for(f"{USER}: choose your disk", after=at)
         screen.show()
-        say("she takes the first: the helper makes her overlay and target with a fresh CHAP secret; iPXE logs in")
-        note("with it over iSCSI and boots her disk, whose EXTLINUX shows its mark.txt and waits at boot:")
-        first.boot_first_disk(at)
-        screen.show()
+        say("she takes the first: the helper makes her overlay and target with a fresh CHAP secret, iPXE logs")
+        note("in and sanboots it, GRUB reads the kernel through iPXE, the initramfs logs in again from the iBFT:")
+        boot_her_disk(first, screen, at)
         server(helper.cli("sessions").stdout)
-        say("she shuts down (types 'off'); her work is on her overlay (here the demo writes her mark.txt)")
-        first.command("off")
-        first.wait_for_exit()
-        screen.show()
-        golden.set_mark(lab, f"{helper.overlay_dir('demo', USER)}/disk.img", f"{USER}'s homework, saved on her disk")
-
-        second = workstation(lab, "workstation-2")
-        clients.append(second)
-        second_screen = Screen(second)
-        say(f"the next day {USER} logs in at workstation-2: her own disk follows her")
-        second.start(f"{broker.url}/boot.ipxe")
-        second.boot_first_disk(second.log_in(USER, broker.passwords[USER]))
-        second_screen.show()
         (left_on,) = helper.initiators(helper.target_iqn("demo", USER))
 
-        third = workstation(lab, "workstation-3")
-        clients.append(third)
-        screen = Screen(third)
-        say("she leaves workstation-2 on and logs in at workstation-3: one writer per disk, so that one is dropped")
-        third.start(f"{broker.url}/boot.ipxe")
-        third.boot_first_disk(third.log_in(USER, broker.passwords[USER]))
-        screen.show()
+        second, second_screen = workstation(lab, "workstation-2", "bios")
+        clients.append(second)
+        say("she leaves workstation-1 running and logs in at workstation-2 (BIOS): her disk follows her, and")
+        note("one writer per disk: the new login rotates the secret and drops workstation-1's session")
+        second.start(f"{broker.url}/boot.ipxe")
+        at = second.log_in(USER, password)
+        taken = len(first.screen())
+        before = heartbeats(first)
+        boot_her_disk(second, second_screen, at)
+        note("boot 2: the count workstation-1's OS wrote on her disk is there")
         for initiator, logged_in in helper.initiators(helper.target_iqn("demo", USER)).items():
             server(f"LIO allows only {initiator} (logged in: {'yes' if logged_in else 'no'})")
-        say("workstation-2 tries to read its disk again ('show'): LIO refuses its old credentials")
-        second.command("show")
-        deadline = time.monotonic() + 120
-        while not (refusals := refused_logins(lab, left_on)) and time.monotonic() < deadline:
-            time.sleep(2)
-        second_screen.show()
-        server(refusals[0] if refusals else "no refusal within 120 s (unexpected)")
-        note("its screen stays as it is: its iPXE keeps retrying the old login; the demo switches it off")
+
+        say("what workstation-1's OS sees: its iSCSI session is gone and its logins are refused")
+        refused = first_refusal(lab, left_on)
+        screen.show(STORY, upto=len(first.screen()))
+        after = heartbeats(first, taken)
+        note(f"its heartbeats (it writes and syncs a counter every 10 s): {len(before)} before her login at "
+             f"workstation-2, {len(after)} after it")
+        server(refused or f"no login of {left_on} refused yet (its iscsid retries later)")
+        note("its writes wait (the image's replacement_timeout, 600 s) for a session that cannot come back,")
+        note("then fail: it can write nothing to her disk. The demo switches it off.")
+        first.stop()
+
+        say("she shuts workstation-2 down at the end of the day (the demo pulls its plug: what her OS synced")
+        note("is on her disk). She asks the helpdesk for a fresh disk; the helpdesk (a member of")
+        note("bootbroker-helpdesk, not root) lists the sessions and resets her disk; the old one is kept")
         second.stop()
-
-        say("on workstation-3 she boots the OS on her disk ('ibft'): it finds the iBFT iPXE left for it")
-        third.command("ibft")
-        third.wait_for("golden OS: powering off", timeout=300)
-        third.wait_for_exit()
-        screen.show()
-
-        say("the helpdesk (a member of bootbroker-helpdesk) lists the sessions and resets her disk")
         server(helper.cli("sessions", user="deskstaff").stdout)
         server(helper.cli("reset", USER, "demo", user="deskstaff").stdout)
+        server(helper.cli("backups", user="deskstaff").stdout)
+
+        third, third_screen = workstation(lab, "workstation-3", "uefi")
+        clients.append(third)
+        say("she logs in at workstation-3 (UEFI): a fresh copy of the golden image, boot 1 again")
+        third.start(f"{broker.url}/boot.ipxe")
+        boot_her_disk(third, third_screen, third.log_in(USER, password))
+        note("(`bootbroker restore student1 demo` would bring back the disk the reset set aside)")
         say("done: the workstations are off; the broker and the helper stop, LIO is cleared, the VM powers off")
         return 0
     finally:
@@ -150,6 +212,14 @@ def run_demo(lab: Lab) -> int:
             broker.stop()
         helper.stop()
         clear_lio(lab)
+
+
+def first_refusal(lab: Lab, initiator: str, timeout: float = 180) -> str | None:
+    """The server's kernel log line refusing a login of `initiator`, once there is one."""
+    deadline = time.monotonic() + timeout
+    while not (refused := refused_logins(lab, initiator)) and time.monotonic() < deadline:
+        time.sleep(2)
+    return refused[0] if refused else None
 
 
 def main() -> int:

@@ -22,7 +22,7 @@ from lab.vm import Lab
 
 CLIENT_SIDE = "10.0.2.100"  # where the client VM finds the broker (8080 HTTP, 8443 HTTPS) and iSCSI (3260)
 GUESTFWD = Path(__file__).with_name("guestfwd.py")
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b.")
+ANSI = re.compile(r"\x1b\[[0-9;?=]*[A-Za-z]|\x1b.")  # OVMF sets modes with "\x1b[=3h"
 BACKSPACED = re.compile(r".?\x08")
 GAP = re.compile(r"\s{6,}")  # between the items of a menu drawn with cursor moves
 FORM_FIELD = re.compile(r"_+")

@@ -38,3 +38,10 @@ def test_the_transcript_reads_as_the_screen_does(tmp_path: Path) -> None:
         "mark of student1",
         "boot: off",
     ]
+
+
+def test_uefi_firmwares_mode_sequences_are_not_shown(tmp_path: Path) -> None:
+    client = IpxeClient.__new__(IpxeClient)
+    client.console = tmp_path / "console.log"
+    client.console.write_bytes(b"\x1b[=3h\x1b[=3h\x1b[=3hiPXE 1.0.0 -- Open Source Network Boot Firmware\r\n")
+    assert client.transcript(0) == ["iPXE 1.0.0 -- Open Source Network Boot Firmware"]
