@@ -11,7 +11,7 @@ import re
 import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 
@@ -375,18 +375,26 @@ def test_lio_emptied_while_the_helper_runs_is_put_back_and_the_workstation_recon
 
 OTHER_TOOL = """
 import sys
+from pathlib import Path
 from rtslib_fb import FileIOStorageObject
-so = FileIOStorageObject("another-tool", dev="/tmp/another-tool.img", size=1 << 20)
+core = Path("/sys/kernel/config/target/core")
+used = {p.name.rpartition("_")[2] for p in core.glob("fileio_*")}
+index = next(n for n in range(1 << 20) if str(n) not in used)
+so = FileIOStorageObject("another-tool", dev="/tmp/another-tool.img", size=1 << 20, index=index)
+(core / f"fileio_{index + 1}").mkdir()  # an HBA directory left empty, as by a program stopped half-way
 sys.stdout.write(so.path)
 """
 
 
 def test_storage_objects_another_program_makes_meanwhile_do_not_break_logins(deployment: Deployment) -> None:
     """rtslib numbers backstores from a per-process cache: a backstore made by another program (targetcli,
-    rtslib in another process) while the helper runs took the number the helper would pick next."""
+    rtslib in another process) while the helper runs took the number the helper would pick next, and an
+    HBA directory left empty the one after it (rtslib's cache, reread, does not count an empty one)."""
     deployment.ensure_session("lee")  # the helper's cache is read by now
     lab = deployment.lab
     path = lab.run([str(lab.python), "-c", OTHER_TOOL]).stdout
+    hba = PurePosixPath(path).parent  # .../core/fileio_N
+    empty = hba.with_name(f"fileio_{int(hba.name.rpartition('_')[2]) + 1}")
     try:
         for user in ("mia", "ned"):  # the first collides and is retried; the second finds a free number
             grant = deployment.ensure_session(user)
@@ -395,6 +403,8 @@ def test_storage_objects_another_program_makes_meanwhile_do_not_break_logins(dep
     finally:
         lab.run([str(lab.python), "-c",
                  "from rtslib_fb import FileIOStorageObject; FileIOStorageObject('another-tool').delete()"])
+        lab.run(["rmdir", str(empty)])
+    assert deployment.problems() == []
 
 
 def test_images_list_versions_and_retire_refuses_what_is_in_use(deployment: Deployment) -> None:
