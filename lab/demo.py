@@ -28,8 +28,6 @@ from .vm import Lab
 
 STORE = "/srv/btrfs/bootbroker"
 USER = "student1"
-OS_BOOT = 900.0  # seconds from the disk menu to the OS's marker line under TCG, with room to spare
-HEARTBEAT = re.compile(r"lab-os: heartbeat (\d+)")
 # The lines of a booting workstation's screen that tell the story: iPXE's SAN boot, the bootloader, the
 # kernel, the initramfs's own iSCSI login, the root, systemd, the OS's marker and its login prompt.
 STORY = re.compile(
@@ -99,7 +97,7 @@ def boot_her_disk(client: IpxeClient, screen: Screen, at: int) -> int:
     timeline.start()
     client.keys("ret")
     try:
-        at = client.wait_for(realos.MARKER, after=chosen, timeout=OS_BOOT)
+        at = client.wait_for(realos.MARKER, after=chosen, timeout=realos.OS_BOOT)
     finally:
         timeline.stop()
     try:  # the serial console's login prompt (root logs in by itself there: the lab's image)
@@ -112,10 +110,6 @@ def boot_her_disk(client: IpxeClient, screen: Screen, at: int) -> int:
     (count, root, target, _), = realos.boots(client.screen()[at - len(realos.MARKER):])
     note(f"her OS runs with its root {root} on {target}: boot {count} of this disk")
     return count
-
-
-def heartbeats(client: IpxeClient, after: int = 0) -> list[int]:
-    return [int(beat) for beat in HEARTBEAT.findall(client.screen()[after:])]
 
 
 def run_demo(lab: Lab) -> int:
@@ -172,7 +166,7 @@ def run_demo(lab: Lab) -> int:
         second.start(f"{broker.url}/boot.ipxe")
         at = second.log_in(USER, password)
         taken = len(first.screen())
-        before = heartbeats(first)
+        before = realos.heartbeats(first.screen())
         boot_her_disk(second, second_screen, at)
         note("boot 2: the count workstation-1's OS wrote on her disk is there")
         for initiator, logged_in in helper.initiators(helper.target_iqn("demo", USER)).items():
@@ -181,7 +175,7 @@ def run_demo(lab: Lab) -> int:
         say("what workstation-1's OS sees: its iSCSI session is gone and its logins are refused")
         refused = first_refusal(lab, left_on)
         screen.show(STORY, upto=len(first.screen()))
-        after = heartbeats(first, taken)
+        after = realos.heartbeats(first.screen()[taken:])
         note(f"its heartbeats (it writes and syncs a counter every 10 s): {len(before)} before her login at "
              f"workstation-2, {len(after)} after it")
         server(refused or f"no login of {left_on} refused yet (its iscsid retries later)")

@@ -23,6 +23,8 @@ CUSTOMIZE = Path(__file__).with_name("os-customize")
 BUILDER = ("broker/images/build.py", "broker/images/grub.py")
 SIZE = "3G"  # a real, sparse disk: about 900 MiB of it is written
 MARKER = "lab-os: multi-user reached; boot "
+HEARTBEAT = re.compile(r"lab-os: heartbeat (\d+)")  # lab/os-customize's unit, every 10 s once written and synced
+OS_BOOT = 900.0  # seconds from the disk menu to MARKER under TCG, with room to spare
 MARKED = re.compile(r"lab-os: multi-user reached; boot (\d+) of this disk; root (\S+) on iSCSI target (\S+); "
                     r"recovery_tmo (\S+)")
 
@@ -51,3 +53,8 @@ def ensure_os_image(cache: Path | None = None) -> Path:
 def boots(screen: str) -> list[tuple[int, str, str, str]]:
     """Each marker line on a console: (boot count, root device, target IQN, recovery_tmo)."""
     return [(int(m[1]), m[2], m[3], m[4]) for m in MARKED.finditer(screen)]
+
+
+def heartbeats(screen: str) -> list[int]:
+    """The heartbeat counts on a console, in order."""
+    return [int(beat) for beat in HEARTBEAT.findall(screen)]

@@ -29,8 +29,6 @@ from lab.timeline import LOCAL_BOOT, Timeline
 from lab.vm import Lab
 
 STORE = "/srv/btrfs/bootbroker-os"
-OS_BOOT = 900.0  # seconds from the disk menu to multi-user under TCG, with room to spare
-HEARTBEAT = re.compile(r"lab-os: heartbeat (\d+)")
 # What the kernel prints when an I/O error reaches the OS's disk or filesystem.
 IO_FAILURE = re.compile(r"I/O error|EXT4-fs error|Remounting filesystem read-only|Aborting journal")
 
@@ -94,7 +92,7 @@ def boot_os(workstation: IpxeClient, broker: BrokerDeployment, user: str,
     timeline.start()
     workstation.keys("ret")  # the disk menu's default: the first image
     try:
-        at = workstation.wait_for(realos.MARKER, after=at, timeout=OS_BOOT)
+        at = workstation.wait_for(realos.MARKER, after=at, timeout=realos.OS_BOOT)
     finally:
         timeline.stop()
     if report is not None:
@@ -105,7 +103,7 @@ def boot_os(workstation: IpxeClient, broker: BrokerDeployment, user: str,
 
 
 def heartbeats(workstation: IpxeClient, after: int = 0) -> list[int]:
-    return [int(beat) for beat in HEARTBEAT.findall(workstation.screen()[after:])]
+    return realos.heartbeats(workstation.screen()[after:])
 
 
 def beats_on(workstation: IpxeClient, after: int, count: int = 2, timeout: float = 300) -> None:
@@ -165,7 +163,7 @@ def test_the_image_boots_from_a_local_disk_too_the_baseline_of_its_iscsi_boots(
         workstation.start("")
         timeline.start()
         try:
-            at = workstation.wait_for(realos.MARKER, timeout=OS_BOOT)
+            at = workstation.wait_for(realos.MARKER, timeout=realos.OS_BOOT)
         finally:
             timeline.stop()
             workstation.stop()
