@@ -321,22 +321,26 @@ def _secret_from(path: str | None, what: str) -> str | None:
 
 
 def cmd_images_build(args: argparse.Namespace) -> int:
-    from .images.build import BuildOptions, build_image
+    from .images.build import CONSOLE, BuildOptions, build_image
 
     try:
         options = BuildOptions(
             output=Path(args.output), size=args.size, packages=tuple(args.package), hostname=args.hostname,
             mirror=args.mirror, root_password=_secret_from(args.root_password_file, "the root password"),
             user=args.user, user_password=_secret_from(args.user_password_file, "the user's password"),
-            customize=tuple(Path(c) for c in args.customize), force=args.force,
+            customize=tuple(Path(c) for c in args.customize), initramfs=args.initramfs, force=args.force,
         )
     except OSError as e:
         raise SystemExit(f"bootbroker images build: {e}") from None
     began = time.monotonic()
-    build_image(options)
-    print(f"built {options.output} in {time.monotonic() - began:.0f} s: Debian 12 for an iSCSI root, BIOS and UEFI\n"
+    root_uuid = build_image(options)
+    print(f"built {options.output} in {time.monotonic() - began:.0f} s: Debian 12 for an iSCSI root, BIOS and UEFI, "
+          f"initramfs by {options.initramfs}\n"
           f"  check it:   bootbroker images check {options.output}\n"
           f"  publish it: bootbroker images publish IMAGE {options.output}")
+    if options.initramfs == "dracut":
+        print(f'  to boot it by netroot, in [images.IMAGE]: boot = "netroot" and cmdline = "root=UUID={root_uuid} '
+              f'ro ip=dhcp {CONSOLE}"')
     return EXIT_OK
 
 
@@ -478,6 +482,12 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--customize", action="append", default=[], metavar="SCRIPT",
                        help="an executable run with the image's root directory as $1 before the disk is made "
                             "(repeatable), e.g. to add files or enable units")
+    from .images.build import INITRAMFS_KINDS
+
+    build.add_argument("--initramfs", choices=INITRAMFS_KINDS, default=INITRAMFS_KINDS[0],
+                       help="what makes the initramfs that logs in to the iSCSI disk: Debian's initramfs-tools "
+                            "(boots by sanboot, from the iBFT) or dracut (boots by sanboot and by netroot, as "
+                            "Fedora's do; a larger initramfs) (default: %(default)s)")
     build.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     current.set_defaults(handler=cmd_images_current)
     current.add_argument("image", help="an image named in the configuration")

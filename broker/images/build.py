@@ -40,12 +40,19 @@ SUITE = "bookworm"  # Debian 12: what the README and the image check are written
 # What every image gets. Sites add theirs with --package.
 BASE_PACKAGES = (
     "linux-image-amd64", "systemd-sysv", "udev", "dbus", "kmod", "iproute2", "procps", "e2fsprogs", "passwd",
-    # The iSCSI root: open-iscsi's initramfs hook puts iscsistart in the initramfs; busybox gives it `ip`,
-    # without which it sets up the iBFT's address but no default route.
-    "open-iscsi", "initramfs-tools", "busybox", "zstd",
+    "open-iscsi", "zstd",
     # GRUB's tools and modules for both firmwares; the image is set up here, not by grub-install.
     "grub-common", "grub-pc-bin", "grub-efi-amd64-bin",
 )
+# The initramfs that logs in to the iSCSI root, by --initramfs: its packages (installed with the kernel).
+INITRAMFS_PACKAGES = {
+    # Debian's own: open-iscsi's initramfs hook puts iscsistart in it; busybox gives it `ip`, without which
+    # it sets up the iBFT's address but no default route. Booted by sanboot (the iBFT).
+    "initramfs-tools": ("initramfs-tools", "busybox"),
+    # dracut, as Fedora and RHEL make theirs: boots by sanboot (rd.iscsi.firmware=1) and by netroot=iscsi:...
+    # Its network-legacy backend runs dhclient.
+    "dracut": ("dracut", "dracut-network", "isc-dhcp-client"),
+}
 PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
@@ -84,6 +91,23 @@ manual_add_modules ahci nvme virtio_blk virtio_scsi
 # A keyboard for the initramfs's rescue shell.
 manual_add_modules atkbd i8042 usbhid hid_generic xhci_pci ehci_pci ohci_pci uhci_hcd
 """
+# dracut's configuration of every --initramfs dracut image (etc/dracut.conf.d/bootbroker.conf); each line is
+# one of the reasons a Debian dracut image did not boot from iSCSI until it was there.
+DRACUT_CONF = """# bootbroker: an initramfs for an iSCSI root on any workstation.
+# Every workstation's network and disk drivers, not only those of the machine that built the image.
+hostonly="no"
+# The iSCSI login: from the iBFT that iPXE's sanboot leaves (rd.iscsi.firmware=1, on GRUB's command line),
+# or from netroot=iscsi:... on the command line iPXE gives the kernel.
+add_dracutmodules+=" iscsi network-legacy "
+# Debian's dracut picks systemd-networkd's network backend when systemd has it, and that backend never
+# starts the iSCSI login: network-legacy (ip and dhclient) does.
+omit_dracutmodules+=" systemd-networkd network-manager "
+# Debian's iscsid.service runs this before iscsid, and dracut's iscsi module does not copy it: without it
+# iscsid never starts in the initramfs.
+install_items+=" /lib/open-iscsi/startup-checks.sh "
+compress="zstd"
+"""
+INITRAMFS_KINDS = tuple(INITRAMFS_PACKAGES)
 
 
 @dataclass(frozen=True)
@@ -97,6 +121,7 @@ class BuildOptions:
     user: str | None = None  # a local account (sudo is not installed unless asked for)
     user_password: str | None = None
     customize: tuple[Path, ...] = ()  # scripts run with the root directory as $1, before the disk is made
+    initramfs: str = "initramfs-tools"  # or "dracut": INITRAMFS_PACKAGES
     force: bool = False
 
     def __post_init__(self) -> None:
@@ -115,6 +140,8 @@ class BuildOptions:
         for secret in (self.root_password, self.user_password):
             if secret is not None and (not secret or "\n" in secret or ":" in secret):
                 problems.append("a password must be one non-empty line without ':'")
+        if self.initramfs not in INITRAMFS_PACKAGES:
+            problems.append(f"--initramfs {self.initramfs!r}: choose {' or '.join(INITRAMFS_KINDS)}")
         for script in self.customize:
             if not script.is_file() or not os.access(script, os.X_OK):
                 problems.append(f"--customize {script}: not an executable file")
@@ -135,16 +162,18 @@ class Progress:
         self.say(f"images build: [{self.done}/{self.steps}] {what}")
 
 
-def build_image(options: BuildOptions, progress: Progress | None = None) -> None:
-    """Build the disk image `options.output`; nothing is left behind if it fails."""
+def build_image(options: BuildOptions, progress: Progress | None = None) -> str:
+    """Build the disk image `options.output` and return its root filesystem's UUID (a netroot image's command
+    line names it); nothing is left behind if it fails."""
     progress = progress or Progress(steps=5)
     _preflight(options)
     output = options.output.resolve()
     with tempfile.TemporaryDirectory(prefix=".images-build-", dir=output.parent) as tmp:
         work = Path(tmp)
         root = work / "root"
-        progress.step(f"installing Debian 12 ({SUITE}) with mmdebstrap: {len(BASE_PACKAGES) + len(options.packages)} "
-                      "packages and what they need (a few minutes; its own lines follow)")
+        progress.step(f"installing Debian 12 ({SUITE}) with mmdebstrap: {len(_packages(options))} packages "
+                      f"and what they need, the initramfs made by {options.initramfs} (a few minutes; its own "
+                      "lines follow)")
         _install(options, work, root)
         progress.step("configuring the system for an iSCSI root")
         root_uuid = str(uuid.uuid4())
@@ -158,6 +187,7 @@ def build_image(options: BuildOptions, progress: Progress | None = None) -> None
         with open(disk, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(disk, output)
+    return root_uuid
 
 
 def _preflight(options: BuildOptions) -> None:
@@ -194,22 +224,29 @@ def _run(argv: Sequence[str], what: str, *, stdin: str | None = None, quiet: boo
     return done.stdout or ""
 
 
+def _packages(options: BuildOptions) -> tuple[str, ...]:
+    return BASE_PACKAGES + INITRAMFS_PACKAGES[options.initramfs] + options.packages
+
+
 def _install(options: BuildOptions, work: Path, root: Path) -> None:
     early = work / "early"
     # Written before the kernel's package is installed, so its initramfs is built once, already with these.
-    _write(early / "etc/iscsi/iscsi.initramfs",
-           "# bootbroker: the initramfs logs in to the root disk with what iPXE's sanboot left in the iBFT\n"
-           "# (target, initiator name, CHAP user and secret of this boot session).\n"
-           "ISCSI_AUTO=true\n")
-    _write(early / "etc/initramfs-tools/conf.d/bootbroker",
-           "# bootbroker: only the modules hooks/bootbroker names (an iSCSI root's: network cards, sd_mod,\n"
-           "# ext4): a smaller initramfs, which every workstation reads over the network at every boot.\n"
-           "MODULES=list\n")
-    hook = early / "etc/initramfs-tools/hooks/bootbroker"
-    _write(hook, INITRAMFS_HOOK)
-    hook.chmod(0o755)
+    if options.initramfs == "dracut":
+        _write(early / "etc/dracut.conf.d/bootbroker.conf", DRACUT_CONF)
+    else:
+        _write(early / "etc/iscsi/iscsi.initramfs",
+               "# bootbroker: the initramfs logs in to the root disk with what iPXE's sanboot left in the iBFT\n"
+               "# (target, initiator name, CHAP user and secret of this boot session).\n"
+               "ISCSI_AUTO=true\n")
+        _write(early / "etc/initramfs-tools/conf.d/bootbroker",
+               "# bootbroker: only the modules hooks/bootbroker names (an iSCSI root's: network cards, sd_mod,\n"
+               "# ext4): a smaller initramfs, which every workstation reads over the network at every boot.\n"
+               "MODULES=list\n")
+        hook = early / "etc/initramfs-tools/hooks/bootbroker"
+        _write(hook, INITRAMFS_HOOK)
+        hook.chmod(0o755)
     argv = [
-        "mmdebstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES + options.packages)}",
+        "mmdebstrap", "--variant=minbase", f"--include={','.join(_packages(options))}",
         # grub-pc's configuration would try to install GRUB on the build host's disks: only -bin packages.
         f"--essential-hook=sync-in {early} /",
         SUITE, str(root),
@@ -240,7 +277,9 @@ def _configure(options: BuildOptions, root: Path, root_uuid: str) -> None:
            f'ATTR{{recovery_tmo}}="{REPLACEMENT_TIMEOUT}"\n')
     # No network manager is installed: the boot NIC stays as the initramfs set it up from the iBFT (one that
     # took the interface down for DHCP would take the root disk with it).
-    _write(root / "boot/grub/grub.cfg", _grub_cfg(root_uuid))
+    # dracut logs in from the iBFT only when told to; initramfs-tools' ISCSI_AUTO is set in the initramfs.
+    from_ibft = " rd.iscsi.firmware=1" if options.initramfs == "dracut" else ""
+    _write(root / "boot/grub/grub.cfg", _grub_cfg(root_uuid, from_ibft))
     for platform in GRUB_PLATFORMS:
         shutil.copytree(root / "usr/lib/grub" / platform, root / "boot/grub" / platform, dirs_exist_ok=True)
     accounts = []
@@ -256,7 +295,7 @@ def _configure(options: BuildOptions, root: Path, root_uuid: str) -> None:
         _run([str(script.resolve()), str(root)], f"--customize {script}", quiet=False)
 
 
-def _grub_cfg(root_uuid: str) -> str:
+def _grub_cfg(root_uuid: str, extra: str = "") -> str:
     return f"""# bootbroker images build: GRUB's menu for BIOS and UEFI alike (boot/grub/<platform>/ holds the modules).
 serial --unit=0 --speed=115200
 terminal_input serial console
@@ -270,7 +309,7 @@ fi
 menuentry 'Debian GNU/Linux 12 on its iSCSI disk' {{
     insmod gzio
     # /vmlinuz and /initrd.img follow the installed kernel (Debian's kernel packages keep these links).
-    linux /vmlinuz root=UUID={root_uuid} ro {CONSOLE}
+    linux /vmlinuz root=UUID={root_uuid} ro {CONSOLE}{extra}
     initrd /initrd.img
 }}
 """

@@ -480,7 +480,10 @@ _FIRMWARE_ON = re.compile(r"(?:rd\.iscsi\.firmware(?:=(?:1|yes|on|true))?|iscsi_
 
 def _check_dracut(initramfs: _Initramfs, cmdlines: list[str]) -> list[Finding]:
     path = initramfs.path
-    if not (initramfs.has("sbin/iscsistart", "usr/sbin/iscsistart")
+    # dracut's iscsi module logs in with iscsistart, or (with systemd in the initramfs, as Debian 12's
+    # dracut 059 makes it) with iscsiadm through iscsid.
+    if not (initramfs.has(*(f"{prefix}/{tool}" for prefix in ("sbin", "usr/sbin", "bin", "usr/bin")
+                            for tool in ("iscsistart", "iscsiadm")))
             and any(n.endswith("parse-iscsiroot.sh") for n in initramfs.names)):
         return [Finding(Level.ERROR, "initramfs", (
             f"the initramfs cannot log in to the iSCSI disk from the iBFT ({path} is a dracut initramfs without "

@@ -54,6 +54,7 @@ def test_what_is_not_grubs_boot_code_is_refused() -> None:
     ({"user_password": "secret"}, "needs --user"),
     ({"root_password": "a:b"}, "one non-empty line"),
     ({"customize": (Path("/nonexistent/script"),)}, "not an executable file"),
+    ({"initramfs": "mkinitcpio"}, "--initramfs 'mkinitcpio': choose initramfs-tools or dracut"),
 ])
 def test_bad_options_are_refused_saying_what_to_change(tmp_path: Path, change: dict[str, Any], says: str) -> None:
     with pytest.raises(BadRequest, match=says):
@@ -144,3 +145,39 @@ def test_the_initramfs_carries_an_iscsi_roots_modules_and_no_local_disks(
     assert {"kernel/drivers/net/ethernet", "virtio_net", "sd_mod", "ext4"} <= named
     assert not any(word.startswith("kernel/drivers/") and word.split("/")[2] in ("scsi", "ata", "block", "md")
                    for word in named)  # not every local disk's drivers: only the few a VM or a PC boots from
+
+
+def test_a_dracut_image_logs_in_from_the_ibft_or_netroot_with_what_debians_dracut_lacks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[list[str]] = []
+    monkeypatch.setattr(build, "_run", lambda argv, what, **kw: calls.append(list(argv)) or "")
+    build._install(build.BuildOptions(output=tmp_path / "disk.img", initramfs="dracut"), tmp_path, tmp_path / "root")
+
+    (mmdebstrap,) = calls
+    included = next(a for a in mmdebstrap if a.startswith("--include=")).removeprefix("--include=").split(",")
+    assert {"dracut", "dracut-network", "isc-dhcp-client", "open-iscsi"} <= set(included)
+    assert "initramfs-tools" not in included  # the two conflict: apt would refuse, or pick one for us
+    assert not (tmp_path / "early/etc/initramfs-tools").exists() and not (tmp_path / "early/etc/iscsi").exists()
+    conf = (tmp_path / "early/etc/dracut.conf.d/bootbroker.conf").read_text()
+    settings = [line for line in conf.splitlines() if line and not line.startswith("#")]
+    assert 'hostonly="no"' in settings
+    assert 'add_dracutmodules+=" iscsi network-legacy "' in settings
+    assert 'omit_dracutmodules+=" systemd-networkd network-manager "' in settings
+    assert 'install_items+=" /lib/open-iscsi/startup-checks.sh "' in settings
+    shell = subprocess.run(["sh", "-c", f". {tmp_path / 'early/etc/dracut.conf.d/bootbroker.conf'}; echo $hostonly"],
+                           capture_output=True, text=True)  # dracut sources it: it must be valid shell
+    assert (shell.returncode, shell.stdout) == (0, "no\n")
+
+
+@pytest.mark.parametrize("initramfs, on_grubs_line", [("initramfs-tools", False), ("dracut", True)])
+def test_only_a_dracut_image_is_told_on_grubs_command_line_to_log_in_from_the_ibft(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, initramfs: str, on_grubs_line: bool
+) -> None:
+    root = tmp_path / "root"
+    for platform in build.GRUB_PLATFORMS:
+        (root / "usr/lib/grub" / platform).mkdir(parents=True)
+    monkeypatch.setattr(build, "_run", lambda argv, what, **kw: "")
+    build._configure(build.BuildOptions(output=tmp_path / "disk.img", initramfs=initramfs), root, "0b6e0e9e-1111-4222-8333-444455556666")
+    (linux,) = [line for line in (root / "boot/grub/grub.cfg").read_text().splitlines() if line.strip().startswith("linux ")]
+    assert ("rd.iscsi.firmware=1" in linux.split()) is on_grubs_line

@@ -359,6 +359,19 @@ def test_a_dracut_initramfs_with_rd_iscsi_firmware(good: Good, copy: Path, tmp_p
     assert levels(findings) == {Level.OK}  # open-iscsi's own files are initramfs-tools' business
 
 
+def test_debians_dracut_logs_in_with_iscsiadm_and_iscsid_and_has_no_iscsistart(
+    good: Good, copy: Path, tmp_path: Path
+) -> None:
+    # What Debian 12's dracut 059 puts in an initramfs (systemd in it: iscsid with iscsiadm; a merged /usr).
+    debian = {k: v for k, v in DRACUT.items() if k != "usr/sbin/iscsistart"}
+    debian.update({"usr/bin/iscsiadm": "ELF", "usr/bin/iscsid": "ELF"})
+
+    def change(root: Path) -> None:
+        set_initramfs(root, debian)
+    initramfs = only(check_image(with_root(good, copy, tmp_path, change)), "initramfs")
+    assert initramfs.level is Level.OK, initramfs.message
+
+
 def test_a_dracut_initramfs_with_rd_iscsi_firmware_on_the_command_line(good: Good, copy: Path, tmp_path: Path) -> None:
     def change(root: Path) -> None:
         set_initramfs(root, {k: v for k, v in DRACUT.items() if "cmdline.d" not in k})
