@@ -22,6 +22,7 @@ FS_IOC_SETFLAGS = 0x40086602
 FS_IMMUTABLE_FL = 0x00000010
 _FLAGS = struct.Struct("i")  # the kernel reads and writes an int, whatever the ioctl's name says
 _CHUNK = 1 << 20
+_ZEROS = bytes(_CHUNK)
 
 
 def write_atomically(path: Path, data: bytes, mode: int) -> None:
@@ -157,14 +158,13 @@ def _copy_data_from(source: int, destination: Path) -> None:
 def copy_sparse(source: Path, destination: Path, size: int) -> None:
     """Copy `size` bytes of a file or block device into the new file `destination`, leaving holes where
     the source reads as zeros (a disk is mostly empty)."""
-    zeros = bytes(_CHUNK)
     with open(source, "rb") as src, open(destination, "xb") as dst:
         at = 0
         while at < size:
             block = src.read(min(_CHUNK, size - at))
             if not block:
                 raise OSError(errno.EIO, f"{source} ended at byte {at} of {size}")
-            if block == zeros[:len(block)]:
+            if block == _ZEROS[:len(block)]:
                 dst.seek(len(block), os.SEEK_CUR)
             else:
                 dst.write(block)
@@ -177,14 +177,18 @@ def copy_sparse(source: Path, destination: Path, size: int) -> None:
 def _copy_range(source: int, destination: int, offset: int, length: int) -> int:
     """Copy up to `length` bytes at `offset` from one file to the same offset of another; returns how many.
     copy_file_range lets the kernel do it (a server-side copy on NFS, no trip through user space); it
-    refuses to cross filesystems (EXDEV), and then it is read and written here."""
+    refuses to cross filesystems (EXDEV), and then it is read and written here, a block of zeros left a
+    hole of the new file: a filesystem without SEEK_DATA (9p, some NFS) shows a sparse image as all data."""
     try:
         copied = os.copy_file_range(source, destination, length, offset, offset)
     except OSError as e:
         if e.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
             raise
         block = os.pread(source, min(length, _CHUNK), offset)
-        copied = os.pwrite(destination, block, offset) if block else 0
+        if block == _ZEROS[:len(block)]:
+            copied = len(block)
+        else:
+            copied = os.pwrite(destination, block, offset)
     if copied == 0:
         raise OSError(errno.EIO, f"the source ended at byte {offset}")
     return copied
@@ -221,7 +225,6 @@ def is_immutable(path: Path) -> bool:
 def sha256_of(path: Path) -> str:
     """The file's SHA-256, as sha256sum prints it. Holes are hashed as zeros without being read."""
     digest = hashlib.sha256()
-    zeros = bytes(_CHUNK)
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         at = 0
@@ -234,7 +237,7 @@ def sha256_of(path: Path) -> str:
                 data_at = size
             while at < data_at:  # a hole
                 n = min(_CHUNK, data_at - at)
-                digest.update(zeros[:n])
+                digest.update(_ZEROS[:n])
                 at += n
             if at >= size:
                 break

@@ -491,7 +491,10 @@ class Helper:
                 raise BadIdentifier(f"{source} is not a regular file")
             # The copy and the checksum, which take long for a big image, happen before taking the lock:
             # logins go on meanwhile. Only numbering and renaming the version is done under it.
-            staged = self.store.stage_version(image, lambda tmp: clone_or_copy_from(fd, tmp))
+            try:
+                staged = self.store.stage_version(image, lambda tmp: clone_or_copy_from(fd, tmp))
+            except OSError as e:
+                raise _store_error(e, f"copy {source} into the store") from None
         finally:
             os.close(fd)
         crash_point("publish-staged")

@@ -4,6 +4,7 @@ start-up keeps and sets aside. The lab tests prove the same operations against t
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import threading
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 
 from broker import store as store_module
-from broker.errors import BackendFailure, BadIdentifier, BrokerError, Conflict, UnknownImage
+from broker.errors import BackendFailure, BadIdentifier, BrokerError, Conflict, StoreFull, UnknownImage
 from broker.files import set_immutable
 from broker.helper import Helper
 
@@ -278,6 +279,40 @@ def test_publish_keeps_the_holes_of_a_sparse_image(helper: Helper, tmp_path: Pat
     assert version.stat().st_size == 64 << 20 and version.stat().st_blocks * 512 < 1 << 20
     with open(version, "rb") as f:
         assert f.read(4096) == b"\3" * 4096 and f.read(4096) == bytes(4096)
+
+
+def test_publish_of_an_image_whose_filesystem_hides_its_holes_still_leaves_them_holes(
+    helper: Helper, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over 9p (the lab's host files) or NFS without SEEK_DATA, a sparse image reads as one data extent, and
+    copy_file_range cannot cross into the store: the blocks of zeros must not be written out (a 3 GiB disk
+    with 900 MiB in it filled the lab's store)."""
+    dense = tmp_path / "dense.img"
+    with open(dense, "wb") as f:  # zeros written, not holes: what SEEK_DATA reports for a file there
+        f.write(b"\3" * 4096 + bytes(16 << 20) + b"\4" * 4096)
+    monkeypatch.setattr(os, "copy_file_range", no_copy_file_range)
+    helper.publish("demo", str(dense))
+    version = helper.store.image_file("demo", 2)
+    assert version.read_bytes() == dense.read_bytes()
+    assert version.stat().st_blocks * 512 < 4 << 20  # the 16 MiB of zeros are a hole
+
+
+def test_a_publish_that_fills_the_store_says_so_and_leaves_nothing(
+    helper: Helper, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(fd: int, data: bytes, offset: int) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "copy_file_range", no_copy_file_range)
+    monkeypatch.setattr(os, "pwrite", full)
+    with pytest.raises(StoreFull, match="the store ran out of room"):
+        helper.publish("demo", str(golden(tmp_path, b"\2")))
+    assert helper.store.versions("demo") == [1] and helper.store.current_version("demo") == 1
+    assert not [p for p in (helper.store.images / "demo").iterdir() if p.name.startswith(".")]
+
+
+def no_copy_file_range(*args: Any) -> int:
+    raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))  # another filesystem than the store's
 
 
 # LIO emptied under the running helper is noticed and repaired (issue 15: reconcile ran only at start)
