@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.deployment import Deployment, Grant, clear_lio, prepare_accounts
-from lab.vm import GUEST_IP, GUEST_PORTS, Lab, SpawnHandle
+from lab.vm import GUEST_IP, GUEST_PORTS, Lab, LabCommandError, SpawnHandle
 
 HOST_NAME = "boot.lab.example.org"
 SERVICE_ACCOUNT = "brokersvc"  # made by lab.deployment.prepare_accounts, primary group bootbroker
@@ -246,19 +246,24 @@ user_failures = 5
 
 
 @contextmanager
-def running(lab: Lab, store: str, *, advertise: str = "10.0.2.15:3260",
-            publish: Callable[[Deployment], object] | None = None, **options: Any) -> Iterator[BrokerDeployment]:
-    """A helper (reflink on `store`, advertising `advertise`) and a broker for it (`options`: see
-    BrokerDeployment) in the lab VM; `publish` puts images in the store first. Both stop, and LIO is
-    cleared, at the end."""
+def running(lab: Lab, store: str, *, advertise: str = "10.0.2.15:3260", portal: str = "0.0.0.0:3260",
+            more_images: str = "", publish: Callable[[Deployment], object] | None = None,
+            **options: Any) -> Iterator[BrokerDeployment]:
+    """A helper (reflink on `store`, LIO on `portal`, advertising `advertise`, with `more_images` configured
+    after the lab's own) and a broker for it (`options`: see BrokerDeployment) in the lab VM; `publish` puts
+    images in the store first. Both stop, and LIO is cleared, at the end."""
     prepare_accounts(lab)
     clear_lio(lab)
-    helper = Deployment(lab, "reflink", store, advertise=advertise)
+    helper = Deployment(lab, "reflink", store, advertise=advertise, portal=portal)
+    helper.more_images = more_images
     helper.install()
     helper.start()
     try:
         if publish is not None:
-            publish(helper)
+            try:
+                publish(helper)
+            except LabCommandError as e:  # the CLI says only "see the helper's log"
+                raise AssertionError(f"{e}\nthe helper's log:\n{helper.log()[-6000:]}") from e
         broker = BrokerDeployment(helper, **options)
         broker.install()
         broker.start()

@@ -22,9 +22,9 @@ from contextlib import contextmanager
 from . import realos
 from .broker import BrokerDeployment
 from .deployment import Deployment, clear_lio, prepare_accounts, refused_logins
-from .ipxe_client import CLIENT_SIDE, PROGRESS_EVERY, IpxeClient
+from .ipxe_client import PROGRESS_EVERY, IpxeClient
 from .timeline import Timeline
-from .vm import Lab
+from .vm import CLIENT_SIDE, Lab
 
 STORE = "/srv/btrfs/bootbroker"
 USER = "student1"

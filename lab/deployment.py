@@ -58,9 +58,11 @@ class Grant:
 class Deployment:
     """One helper in the VM with its own store, socket and configuration."""
 
-    def __init__(self, lab: Lab, backend: str, store: str, advertise: str = "10.0.2.15:3260") -> None:
+    def __init__(self, lab: Lab, backend: str, store: str, advertise: str = "10.0.2.15:3260",
+                 portal: str = "0.0.0.0:3260") -> None:
         self.lab = lab
         self.advertise = advertise  # the iSCSI portal boot scripts name
+        self.portal = portal  # the one LIO listens on
         self.backend = backend
         self.store = store
         self.config = f"/etc/bootbroker/{backend}.toml"
@@ -69,6 +71,7 @@ class Deployment:
         self.process: SpawnHandle | None = None
         self.golden: dict[str, str] = {}  # image -> sha256 of its first published version
         self.store_options = ""  # more [store] lines (TOML); install() and a restart apply them
+        self.more_images = ""  # more [images.NAME] sections (TOML), after the lab's own
 
     def config_text(self) -> str:
         return f"""
@@ -83,7 +86,7 @@ socket = "{self.socket}"
 [iscsi]
 domain = "{self.domain}"
 date = "2026-11"
-portals = ["0.0.0.0:3260"]
+portals = ["{self.portal}"]
 advertise = ["{self.advertise}"]
 
 [images.demo]
@@ -97,7 +100,7 @@ users = ["*"]
 [images.staff]
 description = "Helpdesk tools"
 groups = ["bootbroker-helpdesk"]
-"""
+{self.more_images}"""
 
     def install(self) -> None:
         self.lab.run(["mkdir", "-p", "/etc/bootbroker", self.store])

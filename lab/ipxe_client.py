@@ -18,9 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lab import bootio
-from lab.vm import Lab
-
-CLIENT_SIDE = "10.0.2.100"  # where the client VM finds the broker (8080 HTTP, 8443 HTTPS) and iSCSI (3260)
+from lab.vm import CLIENT_SIDE, Lab
 GUESTFWD = Path(__file__).with_name("guestfwd.py")
 ANSI = re.compile(r"\x1b\[[0-9;?=]*[A-Za-z]|\x1b.")  # OVMF sets modes with "\x1b[=3h"
 BACKSPACED = re.compile(r".?\x08")

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from broker.images.build import ROOT_START
 from lab.build import cache_dir, log
 from lab.vm import REPO
 
@@ -29,25 +30,35 @@ MARKED = re.compile(r"lab-os: multi-user reached; boot (\d+) of this disk; root 
                     r"recovery_tmo (\S+)")
 
 
-def ensure_os_image(cache: Path | None = None) -> Path:
-    """The built Debian image, from the cache or built now (a few minutes, with progress)."""
+def ensure_os_image(cache: Path | None = None, initramfs: str = "initramfs-tools") -> Path:
+    """The built Debian image whose initramfs `initramfs` makes (`images build --initramfs`), from the cache
+    or built now (a few minutes, with progress)."""
     cache = cache or cache_dir()
-    digest = hashlib.sha256(SIZE.encode())
+    digest = hashlib.sha256(f"{SIZE} {initramfs}".encode())
     for part in (*(REPO / name for name in BUILDER), CUSTOMIZE):
         digest.update(part.name.encode() + b"\0" + part.read_bytes())
-    image = cache / f"debian12-{digest.hexdigest()[:16]}.img"
+    kind = "debian12" if initramfs == "initramfs-tools" else f"debian12-{initramfs}"
+    image = cache / f"{kind}-{digest.hexdigest()[:16]}.img"
     if not image.exists():
         log(f"building the lab's Debian image {image.name} with bootbroker images build (a few minutes)")
         subprocess.run(
             [sys.executable, "-m", "broker.cli", "images", "build", str(image), "--size", SIZE,
-             "--hostname", "lab-os", "--customize", str(CUSTOMIZE)],
+             "--hostname", "lab-os", "--customize", str(CUSTOMIZE), "--initramfs", initramfs],
             check=True, cwd=REPO, stdout=sys.stderr,
         )
-        for old in cache.glob("debian12-*.img"):
-            if old != image:
+        for old in cache.glob(f"{kind}-*.img"):
+            if old != image and re.fullmatch(rf"{kind}-[0-9a-f]{{16}}\.img", old.name):
                 log(f"removing old {old.name}")
                 old.unlink()
     return image
+
+
+def root_uuid(image: Path) -> str:
+    """The UUID of a built image's root filesystem (what a netroot image's command line names)."""
+    return subprocess.run(
+        ["blkid", "--probe", "--offset", str(ROOT_START), "--match-tag", "UUID", "--output", "value", str(image)],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()
 
 
 def boots(screen: str) -> list[tuple[int, str, str, str]]:

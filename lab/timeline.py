@@ -21,6 +21,14 @@ OS_BOOT = (
     ("root mounted", "EXT4-fs (sda3): mounted"),
     ("multi-user", "lab-os: multi-user reached"),
 )
+# A netroot boot from choosing the disk: iPXE loads the version's kernel and initrd from the broker over
+# HTTP (no bootloader), and the kernel's initramfs (dracut) logs in with netroot='s credentials.
+NETROOT_BOOT = (
+    ("kernel and initrd read", "Linux version"),
+    ("initramfs logged in", "iSCSI Initiator over TCP/IP"),
+    ("root mounted", "EXT4-fs (sda3): mounted"),
+    ("multi-user", "lab-os: multi-user reached"),
+)
 # The same image from the workstation's own (virtio) disk, from power-on: the baseline of OS_BOOT.
 LOCAL_BOOT = (
     ("bootloader", "GNU GRUB"),

@@ -26,8 +26,12 @@ from lab.build import cache_dir as default_cache_dir
 
 REPO = Path(__file__).resolve().parents[1]
 GUEST_IP = "10.0.2.15"
+# Where workstation VMs find the server (their qemu forwards it to the lab VM's ports). The lab VM owns this
+# address too, and its iSCSI port is forwarded there, so LIO may listen on it by name: a portal that
+# SendTargets discovery reports as an address the workstations reach (what dracut's netroot logs in to).
+CLIENT_SIDE = "10.0.2.100"
 GUEST_PORTS = {"agent": 7000, "iscsi": 3260, "broker": 8443, "http": 8080}
-DISK_SIZE = 4 << 30  # room for the real OS image (lab/realos.py) and its users' overlays
+DISK_SIZE = 6 << 30  # room for the real OS images (lab/realos.py), their users' overlays and backups
 # (device, filesystem, mkfs): made on the host, where mkfs is fast; mounted at /srv/<filesystem>.
 DISKS = (
     ("vda", "btrfs", ["mkfs.btrfs", "-q", "-f"]),
@@ -213,14 +217,14 @@ class Lab:
 
     def _qemu_argv(self, build: Build, token_file: Path) -> list[str]:
         forwards = ",".join(
-            f"hostfwd=tcp:127.0.0.1:{self._ports[name]}-{GUEST_IP}:{port}"
+            f"hostfwd=tcp:127.0.0.1:{self._ports[name]}-{CLIENT_SIDE if name == 'iscsi' else GUEST_IP}:{port}"
             for name, port in GUEST_PORTS.items()
         )
         disks = ",".join(f"{device}:{fs}" for device, fs, _ in DISKS)
         cmdline = (
             f"console=ttyS0 panic=-1 lab.python={self.python} lab.repo={REPO} "
             f"lab.port={GUEST_PORTS['agent']} lab.token={token_file} "
-            f"lab.modules={build.modules} lab.disks={disks}"
+            f"lab.modules={build.modules} lab.disks={disks} lab.alias={CLIENT_SIDE}"
         )
         argv = [
             # No AVX: glibc would pick AVX2 string functions, which TCG emulates slowly

@@ -16,8 +16,8 @@ import pytest
 from lab import golden
 from lab.broker import BrokerDeployment, running
 from lab.deployment import Deployment, refused_logins
-from lab.ipxe_client import CLIENT_SIDE, IpxeClient
-from lab.vm import Lab
+from lab.ipxe_client import IpxeClient
+from lab.vm import CLIENT_SIDE, Lab
 
 STORE = "/srv/btrfs/bootbroker-ipxe"
 

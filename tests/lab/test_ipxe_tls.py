@@ -17,8 +17,8 @@ import pytest
 from lab import tls_wire
 from lab.broker import BrokerDeployment, running
 from lab.build import ensure_trixie_ipxe
-from lab.ipxe_client import CLIENT_SIDE, IpxeClient
-from lab.vm import Lab
+from lab.ipxe_client import IpxeClient
+from lab.vm import CLIENT_SIDE, Lab
 
 STORE = "/srv/btrfs/bootbroker-ipxe-tls"
 HTTPS_PORT = 8443

@@ -2,7 +2,9 @@
 real iPXE workstations, BIOS (SeaBIOS) and UEFI (OVMF), from the user's overlay through LIO.
 
 iPXE logs in and `sanboot`s; GRUB reads the kernel and initramfs through iPXE's SAN hook; the initramfs's
-open-iscsi logs in again with what the iBFT says (this boot session's initiator name and CHAP secret);
+open-iscsi logs in again with what the iBFT says (this boot session's initiator name and CHAP secret).
+The same system built with `--initramfs dracut` boots once by netroot: iPXE loads its version's kernel and
+initrd from the broker, and dracut logs in with what netroot= says. Then
 systemd reaches multi-user and the lab's units (lab/os-customize) count the boot in a file on the root
 filesystem and, every 10 s, write and sync a heartbeat there, each printed on the serial console. Each
 boot costs minutes under TCG, so one running OS serves several checks; the tests run in file order and
@@ -14,21 +16,22 @@ from __future__ import annotations
 import re
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 
-from broker.images.build import ROOT_START
+from broker.images.build import CONSOLE, ROOT_START
 from lab import realos
 from lab.bootio import BootIo
 from lab.build import cache_dir
 from lab.broker import BrokerDeployment, running
 from lab.deployment import Deployment, prepare_accounts, refused_logins
-from lab.ipxe_client import CLIENT_SIDE, IpxeClient
-from lab.timeline import LOCAL_BOOT, Timeline
-from lab.vm import Lab
+from lab.ipxe_client import IpxeClient
+from lab.timeline import LOCAL_BOOT, NETROOT_BOOT, OS_BOOT, Timeline
+from lab.vm import CLIENT_SIDE, Lab
 
 STORE = "/srv/btrfs/bootbroker-os"
+NETROOT = "netroot"  # the image booted by dracut's netroot: second in a student's disk menu ("other" has no version)
 # What the kernel prints when an I/O error reaches the OS's disk or filesystem.
 IO_FAILURE = re.compile(r"I/O error|EXT4-fs error|Remounting filesystem read-only|Aborting journal")
 
@@ -38,11 +41,24 @@ Report = Callable[[str], None]
 @pytest.fixture(scope="module")
 def broker(lab: Lab) -> Iterator[BrokerDeployment]:
     image = realos.ensure_os_image()
+    dracut_image = realos.ensure_os_image(initramfs="dracut")
+    # netroot's kernel command line names the root filesystem (the image's GRUB does so for sanboot).
+    netroot_image = f"""
+[images.{NETROOT}]
+description = "Debian by netroot"
+users = ["*"]
+boot = "netroot"
+cmdline = "root=UUID={realos.root_uuid(dracut_image)} ro ip=dhcp {CONSOLE}"
+"""
 
     def publish(helper: Deployment) -> None:
         helper.cli("images", "publish", "demo", str(image), timeout=900)
+        helper.cli("images", "publish", NETROOT, str(dracut_image), timeout=900)
 
-    with running(lab, STORE, advertise=f"{CLIENT_SIDE}:3260", publish=publish,
+    # LIO listens on the very address the workstations reach it at, which discovery then reports: netroot
+    # logs in to that record (a wildcard portal would report the lab VM's own 10.0.2.15).
+    portal = f"{CLIENT_SIDE}:3260"
+    with running(lab, STORE, advertise=portal, portal=portal, more_images=netroot_image, publish=publish,
                  insecure_http=True, url=f"http://{CLIENT_SIDE}:8080") as deployed:
         yield deployed
 
@@ -66,6 +82,12 @@ def local_boots() -> dict[str, Timeline]:
     return {}
 
 
+@pytest.fixture(scope="module")
+def sanboots() -> dict[str, Timeline]:
+    """student1's first sanboot per firmware, to compare the netroot boot with."""
+    return {}
+
+
 def compared(iscsi: Timeline, local: Timeline | None) -> str:
     """The iSCSI boot against the same image's boot from a local disk: GRUB to multi-user, and in all."""
     if local is None:
@@ -82,15 +104,19 @@ def compared(iscsi: Timeline, local: Timeline | None) -> str:
 
 
 def boot_os(workstation: IpxeClient, broker: BrokerDeployment, user: str,
-            report: Report | None = None, baseline: dict[str, Timeline] | None = None) -> tuple[int, str, str, str]:
-    """Log in as `user` at a fresh workstation, boot the first disk, wait for the OS's marker line; returns
-    (boot count on the disk, root device, target IQN, the root session's recovery_tmo). With `report`, the
-    boot's phases are printed, compared with `baseline`'s boot of the same firmware from a local disk."""
+            report: Report | None = None, baseline: dict[str, Timeline] | None = None, *,
+            choice: Sequence[str] = ("ret",), milestones: Sequence[tuple[str, str]] = OS_BOOT,
+            timelines: dict[str, Timeline] | None = None) -> tuple[int, str, str, str]:
+    """Log in as `user` at a fresh workstation, boot the disk the keys `choice` choose (the menu's default,
+    the first image), wait for the OS's marker line; returns (boot count on the disk, root device, target
+    IQN, the root session's recovery_tmo). With `report`, the boot's phases (`milestones`) are printed,
+    compared with `baseline`'s boot of the same firmware from a local disk; `timelines` keeps them by
+    firmware."""
     workstation.start(f"{broker.url}/boot.ipxe")
     at = workstation.log_in(user, broker.passwords[user])
-    timeline = Timeline(workstation.screen, after=at)
+    timeline = Timeline(workstation.screen, milestones, after=at)
     timeline.start()
-    workstation.keys("ret")  # the disk menu's default: the first image
+    workstation.keys(*choice)
     try:
         at = workstation.wait_for(realos.MARKER, after=at, timeout=realos.OS_BOOT)
     finally:
@@ -98,6 +124,8 @@ def boot_os(workstation: IpxeClient, broker: BrokerDeployment, user: str,
     if report is not None:
         report(timeline.table(f"{workstation.firmware.upper()} boot of {user}'s Debian from choosing the disk:"))
         report(compared(timeline, (baseline or {}).get(workstation.firmware)))
+    if timelines is not None:
+        timelines.setdefault(workstation.firmware, timeline)
     (marked,) = realos.boots(workstation.screen()[at - len(realos.MARKER):])
     return marked
 
@@ -183,13 +211,14 @@ def test_the_image_boots_from_a_local_disk_too_the_baseline_of_its_iscsi_boots(
 
 def test_her_os_boots_bios_then_uefi_with_its_writes_and_the_second_workstation_takes_the_disk(
     broker: BrokerDeployment, lab: Lab, workstations: dict[str, IpxeClient], report: Report,
-    local_boots: dict[str, Timeline],
+    local_boots: dict[str, Timeline], sanboots: dict[str, Timeline],
 ) -> None:
     helper = broker.helper
     target = helper.target_iqn("demo", "student1")
     first, second = workstations["bios"], workstations["uefi"]
     # BIOS: the OS runs from student1's overlay and writes its first boot there.
-    count, root, booted_target, recovery = boot_os(first, broker, "student1", report, local_boots)
+    count, root, booted_target, recovery = boot_os(first, broker, "student1", report, local_boots,
+                                                   timelines=sanboots)
     assert (count, booted_target) == (1, target)
     assert root.startswith("/dev/sd")  # the iSCSI disk, found by UUID
     assert recovery == "600"  # the image's udev rule gave the initramfs's session the long timeout
@@ -198,7 +227,7 @@ def test_her_os_boots_bios_then_uefi_with_its_writes_and_the_second_workstation_
 
     # UEFI, another workstation, the same user: her disk, with the first OS's write in it (boot 2); the
     # first workstation's ACL is gone, so it can write nothing more.
-    count, _, booted_target, _ = boot_os(second, broker, "student1", report, local_boots)
+    count, _, booted_target, _ = boot_os(second, broker, "student1", report, local_boots, timelines=sanboots)
     assert (count, booted_target) == (2, target)
     (second_initiator, logged_in), = helper.initiators(target).items()
     assert second_initiator != first_initiator and logged_in
@@ -270,6 +299,36 @@ def test_a_teachers_prepared_os_becomes_the_next_version_and_a_new_user_boots_it
         workstation.stop()
     assert booted_target == broker.helper.target_iqn("demo", "student3")
     assert count == 3  # student2's two boots are in the new version: student3 starts from her system
+
+
+def test_netroot_boots_her_disk_with_her_versions_own_kernel_and_initrd_from_the_broker(
+    broker: BrokerDeployment, lab: Lab, report: Report, local_boots: dict[str, Timeline],
+    sanboots: dict[str, Timeline],
+) -> None:
+    """dracut's netroot, the seed's own path, on UEFI as in the Fedora article: iPXE loads the kernel and
+    initrd of the version her disk was made from, by the broker's signed link, and boots them; dracut
+    discovers the target at the portal netroot= names (LIO listens on that very address), logs in with
+    netroot='s CHAP credentials and mounts her root."""
+    broker.add_user("student4")
+    workstation = IpxeClient(lab, "os-netroot", firmware="uefi", memory_mb=1024)
+    netroots: dict[str, Timeline] = {}
+    try:
+        count, root, booted_target, recovery = boot_os(
+            workstation, broker, "student4", report, local_boots, choice=("down", "ret"),
+            milestones=NETROOT_BOOT, timelines=netroots)
+        beats_on(workstation, len(workstation.screen()))
+        fetched = [line for line in workstation.screen().splitlines()
+                   if f"/boot/{NETROOT}/" in line and " ok" in line]
+    finally:
+        workstation.stop()
+    assert (count, booted_target) == (1, broker.helper.target_iqn(NETROOT, "student4"))
+    assert root.startswith("/dev/sd") and recovery == "600"
+    assert len(fetched) == 2, fetched  # vmlinuz and initrd.img, from the broker by the boot link
+    loaded = netroots["uefi"].seen.get("kernel and initrd read")
+    through_grub = sanboots["uefi"].seen.get("kernel and initrd read") if "uefi" in sanboots else None
+    if loaded is not None and through_grub is not None:
+        report(f"  kernel and initrd loaded {loaded:.1f} s after choosing the disk by netroot (iPXE over HTTP from "
+               f"the broker), {through_grub:.1f} s by sanboot (GRUB through iPXE's SAN hook)")
 
 
 def test_her_os_rides_out_a_power_cut_of_the_server(
