@@ -31,7 +31,9 @@ GUEST_IP = "10.0.2.15"
 # SendTargets discovery reports as an address the workstations reach (what dracut's netroot logs in to).
 CLIENT_SIDE = "10.0.2.100"
 GUEST_PORTS = {"agent": 7000, "iscsi": 3260, "broker": 8443, "http": 8080}
-DISK_SIZE = 6 << 30  # room for the real OS images (lab/realos.py), their users' overlays and backups
+DISK_SIZE = 4 << 30  # each of the xfs and ext4 disks (test_faults fills the xfs one up: each GiB costs time)
+# The btrfs disk holds the real OS module's store (lab/realos.py): two images, their users' overlays, backups.
+BTRFS_SIZE = 6 << 30
 # (device, filesystem, mkfs): made on the host, where mkfs is fast; mounted at /srv/<filesystem>.
 DISKS = (
     ("vda", "btrfs", ["mkfs.btrfs", "-q", "-f"]),
@@ -93,7 +95,7 @@ class Lab:
         self.memory_mb = memory_mb
         self.cpus = cpus
         self.boot_timeout = boot_timeout
-        self.disk_size = disk_size  # each of the btrfs, xfs and ext4 disks (sparse files on this host)
+        self.disk_size = disk_size  # each of the xfs and ext4 disks, btrfs at least BTRFS_SIZE (sparse files here)
         self.boot_seconds: float | None = None
         self._qemu: subprocess.Popen[bytes] | None = None
         self._ports: dict[str, int] = {}
@@ -209,7 +211,7 @@ class Lab:
             image = self._disk(fs)
             image.unlink(missing_ok=True)
             with image.open("wb") as disk:
-                disk.truncate(self.disk_size)
+                disk.truncate(max(self.disk_size, BTRFS_SIZE) if fs == "btrfs" else self.disk_size)
             subprocess.run([*mkfs, str(image)], check=True, capture_output=True)
 
     def _disk(self, fs: str) -> Path:
