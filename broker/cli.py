@@ -321,7 +321,7 @@ def _secret_from(path: str | None, what: str) -> str | None:
 
 
 def cmd_images_build(args: argparse.Namespace) -> int:
-    from .images.build import CONSOLE, BuildOptions, build_image
+    from .images.build import BuildOptions, build_image, netroot_cmdline
 
     try:
         options = BuildOptions(
@@ -339,8 +339,7 @@ def cmd_images_build(args: argparse.Namespace) -> int:
           f"  check it:   bootbroker images check {options.output}\n"
           f"  publish it: bootbroker images publish IMAGE {options.output}")
     if options.initramfs == "dracut":
-        print(f'  to boot it by netroot, in [images.IMAGE]: boot = "netroot" and cmdline = "root=UUID={root_uuid} '
-              f'ro ip=dhcp {CONSOLE}"')
+        print(f'  to boot it by netroot, in [images.IMAGE]: boot = "netroot" and cmdline = "{netroot_cmdline(root_uuid)}"')
     return EXIT_OK
 
 

@@ -295,6 +295,12 @@ def _configure(options: BuildOptions, root: Path, root_uuid: str) -> None:
         _run([str(script.resolve()), str(root)], f"--customize {script}", quiet=False)
 
 
+def netroot_cmdline(root_uuid: str) -> str:
+    """The kernel command line a dracut image needs as its `[images.NAME] cmdline` to boot by netroot: iPXE
+    starts the kernel itself, so nothing of GRUB's line is there (the broker adds netroot= and the initiator)."""
+    return f"root=UUID={root_uuid} ro ip=dhcp {CONSOLE}"
+
+
 def _grub_cfg(root_uuid: str, extra: str = "") -> str:
     return f"""# bootbroker images build: GRUB's menu for BIOS and UEFI alike (boot/grub/<platform>/ holds the modules).
 serial --unit=0 --speed=115200

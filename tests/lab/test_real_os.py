@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 
-from broker.images.build import CONSOLE, ROOT_START
+from broker.images.build import ROOT_START, netroot_cmdline
 from lab import realos
 from lab.bootio import BootIo
 from lab.build import cache_dir
@@ -48,7 +48,7 @@ def broker(lab: Lab) -> Iterator[BrokerDeployment]:
 description = "Debian by netroot"
 users = ["*"]
 boot = "netroot"
-cmdline = "root=UUID={realos.root_uuid(dracut_image)} ro ip=dhcp {CONSOLE}"
+cmdline = "{netroot_cmdline(realos.root_uuid(dracut_image))}"
 """
 
     def publish(helper: Deployment) -> None:

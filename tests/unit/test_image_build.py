@@ -181,3 +181,9 @@ def test_only_a_dracut_image_is_told_on_grubs_command_line_to_log_in_from_the_ib
     build._configure(build.BuildOptions(output=tmp_path / "disk.img", initramfs=initramfs), root, "0b6e0e9e-1111-4222-8333-444455556666")
     (linux,) = [line for line in (root / "boot/grub/grub.cfg").read_text().splitlines() if line.strip().startswith("linux ")]
     assert ("rd.iscsi.firmware=1" in linux.split()) is on_grubs_line
+
+
+def test_a_netroot_command_line_names_the_root_asks_for_the_network_and_keeps_the_consoles() -> None:
+    line = build.netroot_cmdline("0b6e0e9e-1111-4222-8333-444455556666").split()
+    assert line[:3] == ["root=UUID=0b6e0e9e-1111-4222-8333-444455556666", "ro", "ip=dhcp"]
+    assert "console=ttyS0,115200n8" in line and "netroot" not in " ".join(line)  # the broker adds netroot=
