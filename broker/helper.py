@@ -137,6 +137,8 @@ class Helper:
             self.lio.enforce_attributes(target)
         for target, initiators in inventory.acls.items():
             for initiator in initiators - {live.get(target, "")}:
+                if not self.lio.serves(target, initiator):
+                    continue  # maps no LUN, so grants nothing: a fence (Lio.fence), which the next login replaces
                 log.warning("reconcile: removing NodeACL %s of %s: no live session", initiator, target)
                 self.lio.delete_acl(target, initiator)
         wanted = {
@@ -255,8 +257,8 @@ class Helper:
 
     def ensure_session(self, image: object, user: object) -> dict[str, Any]:
         """Start a boot session: overlay and target if missing, the previous session's ACL replaced by a
-        new one with a fresh initiator name and CHAP secret. Touches: the overlay, its LIO target, the
-        session record. Idempotent in effect; each call rotates the credentials. Raises NotPermitted for a
+        new one with a fresh initiator name and CHAP secret, and the previous initiator fenced (Lio.fence).
+        Touches: the overlay, its LIO target, the session record. Idempotent in effect; each call rotates the credentials. Raises NotPermitted for a
         user the image's `users`/`groups` do not name (the broker checks too; this is the last word)."""
         names = self._names(image, user)
         config = self.config.images[names.image]
@@ -288,6 +290,8 @@ class Helper:
                 self._settle_after_failed_login(names, session, previous)
                 raise
             crash_point("acl-replaced")
+            if previous is not None and previous.initiator != session.initiator:
+                self._fence(names, previous)
         self._check_fill(names.user, names.image, names.storage_object)  # a read (dmsetup status): after the lock
         log.info("session for %s on %s: initiator %s%s", names.user, names.image, session.initiator,
                  " (previous session dropped)" if previous else "")
@@ -302,6 +306,15 @@ class Helper:
             "version": meta.version,
             "boot_files": self.store.has_boot_files(names.image, meta.version),
         }
+
+    def _fence(self, names: Names, previous: BootSession) -> None:
+        """Let the dropped workstation log in again to nothing (Lio.fence), so its OS stops retrying a refused
+        login forever. The takeover itself is done: a fence LIO refuses costs only the log lines it saves."""
+        try:
+            self.lio.fence(names.target, previous.initiator, previous.chap_user, previous.chap_secret)
+        except BrokerError as e:
+            log.warning("could not fence the previous workstation of %s on %s (%s): its OS retries its login "
+                        "meanwhile, each refused", names.user, names.image, e.message)
 
     def _settle_after_failed_login(self, names: Names, failed: BootSession, previous: BootSession | None) -> None:
         """After LIO refused part of a login: take this login's ACL away again and make the record say which

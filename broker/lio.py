@@ -1,7 +1,8 @@
 """Linux LIO through rtslib-fb: the only module that imports rtslib_fb.
 
 One target per overlay (`<prefix>:<image>.<label>`), TPG 1 with authentication on and no generated ACLs,
-LUN 0 on the overlay's backstore, one NodeACL per live boot session with one-way CHAP. Every lookup goes
+LUN 0 on the overlay's backstore, one NodeACL per live boot session with one-way CHAP (and at most one
+fence: the previous session's NodeACL again, mapping no LUN; see `fence`). Every lookup goes
 straight to the object's configfs path, so a login costs the same with 10 targets or 5,000; whole-tree
 walks happen only in `inventory`, which reconcile calls once at start.
 Callers serialise changes; each method either completes or removes what it created before re-raising.
@@ -232,6 +233,27 @@ class Lio:
         except (RTSLibError, OSError) as e:
             _rolled_back(created)
             raise BackendFailure(f"LIO refused a NodeACL on {iqn}: {e}") from None
+
+    def fence(self, iqn: str, initiator: str, chap_user: str, chap_secret: str) -> None:
+        """Give an initiator whose session was just dropped a NodeACL with its old CHAP credentials that maps
+        no LUN. Its OS logs in again and finds only LIO's virtual LUN 0 (write-protected, answering nothing
+        but INQUIRY and TEST UNIT READY): it can neither read nor write the disk, and it stops retrying. A
+        refused login instead is retried by open-iscsi every few seconds for as long as the machine runs,
+        each attempt a line in the kernel's log. The next login on the target removes it with every other
+        ACL. Idempotent."""
+        created: list[Any] = []
+        try:
+            tpg = self._tpg(iqn)
+            acl = _lookup_or_create(
+                lambda: NodeACL(tpg, initiator, "lookup"), lambda: NodeACL(tpg, initiator, "create"), created
+            )
+            for mapped in list(acl.mapped_luns):  # never a fence that grants the disk
+                mapped.delete()
+            acl.chap_userid = chap_user
+            acl.chap_password = chap_secret
+        except (RTSLibError, OSError) as e:
+            _rolled_back(created)
+            raise BackendFailure(f"LIO refused a fence NodeACL on {iqn}: {e}") from None
 
     @staticmethod
     def _delete_acl(tpg: Any, initiator: str) -> None:

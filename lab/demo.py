@@ -172,15 +172,17 @@ def run_demo(lab: Lab) -> int:
         for initiator, logged_in in helper.initiators(helper.target_iqn("demo", USER)).items():
             server(f"LIO allows only {initiator} (logged in: {'yes' if logged_in else 'no'})")
 
-        say("what workstation-1's OS sees: its iSCSI session is gone and its logins are refused")
-        refused = first_refusal(lab, left_on)
+        say("what workstation-1's OS sees: its iSCSI session is gone; its iscsid logs in again with the old")
+        note("keys, to the fence her login left it: an ACL that maps no LUN, so it finds no disk and stops")
+        note("retrying (a refused login would be retried every few seconds for as long as it runs)")
+        fenced = helper.logged_in_to_fence(helper.target_iqn("demo", USER), left_on, timeout=180)
         screen.show(STORY, upto=len(first.screen()))
         after = realos.heartbeats(first.screen()[taken:])
         note(f"its heartbeats (it writes and syncs a counter every 10 s): {len(before)} before her login at "
              f"workstation-2, {len(after)} after it")
-        server(refused or f"no login of {left_on} refused yet (its iscsid retries later)")
-        note("its writes wait (the image's replacement_timeout, 600 s) for a session that cannot come back,")
-        note("then fail: it can write nothing to her disk. The demo switches it off.")
+        server(f"LIO: {left_on} " + ("logged in to its fence" if fenced is not None else "not logged in again yet")
+               + f"; logins of it refused: {len(refused_logins(lab, left_on))}")
+        note("it can read and write nothing of her disk. The demo switches it off.")
         first.stop()
 
         say("she shuts workstation-2 down at the end of the day (the demo pulls its plug: what her OS synced")
@@ -206,14 +208,6 @@ def run_demo(lab: Lab) -> int:
             broker.stop()
         helper.stop()
         clear_lio(lab)
-
-
-def first_refusal(lab: Lab, initiator: str, timeout: float = 180) -> str | None:
-    """The server's kernel log line refusing a login of `initiator`, once there is one."""
-    deadline = time.monotonic() + timeout
-    while not (refused := refused_logins(lab, initiator)) and time.monotonic() < deadline:
-        time.sleep(2)
-    return refused[0] if refused else None
 
 
 def main() -> int:

@@ -163,16 +163,36 @@ groups = ["bootbroker-helpdesk"]
         return f"iqn.2026-11.{'.'.join(reversed(self.domain.split('.')))}:{image}.{label}"
 
     def initiators(self, target_iqn: str) -> dict[str, bool]:
-        """The initiators a target's ACLs allow, each with whether it is logged in now (LIO's acls/*/info)."""
+        """The initiators a target's ACLs give its disk (LUN 0 mapped), each with whether it is logged in now
+        (LIO's acls/*/info)."""
+        return {name: on for name, (mapped, on) in self._acls(target_iqn).items() if mapped}
+
+    def fences(self, target_iqn: str) -> dict[str, bool]:
+        """The initiators of the target's fences (NodeACLs that map no LUN: broker/lio.py, fence), each with
+        whether it is logged in now."""
+        return {name: on for name, (mapped, on) in self._acls(target_iqn).items() if not mapped}
+
+    def _acls(self, target_iqn: str) -> dict[str, tuple[bool, bool]]:
+        """Every NodeACL of the target: initiator -> (maps LUN 0, logged in)."""
         acls = f"/sys/kernel/config/target/iscsi/{target_iqn}/tpgt_1/acls"
-        listing = self.lab.run(["sh", "-c", f'for a in {acls}/*/; do echo "== $a"; cat "$a/info"; done']).stdout
-        found: dict[str, bool] = {}
+        listing = self.lab.run(["sh", "-c", f'for a in {acls}/*/; do echo "== $a"; [ -d "$a/lun_0" ] && echo MAPPED; '
+                                            'cat "$a/info"; done']).stdout
+        found: dict[str, tuple[bool, bool]] = {}
         for block in listing.split("== ")[1:]:
             path, _, info = block.partition("\n")
             if path.endswith("*/"):
                 continue  # no ACL at all: the glob stayed as it was
-            found[path.rstrip("/").rsplit("/", 1)[1]] = "TARG_SESS_STATE_LOGGED_IN" in info
+            found[path.rstrip("/").rsplit("/", 1)[1]] = (info.startswith("MAPPED"), "TARG_SESS_STATE_LOGGED_IN" in info)
         return found
+
+    def logged_in_to_fence(self, target_iqn: str, initiator: str, timeout: float) -> float | None:
+        """Wait until `initiator` is logged in to its fence on the target; the seconds it took, or None."""
+        began = time.monotonic()
+        while not self.fences(target_iqn).get(initiator):
+            if time.monotonic() > began + timeout:
+                return None
+            time.sleep(2)
+        return time.monotonic() - began
 
     def problems(self) -> list[str]:
         """What does not hold between the store, the session records and the kernel (lab/invariants.py)."""
@@ -207,6 +227,12 @@ def iscsi_tool(lab: Lab, tool: str, grant: Grant, *, secret: str | None = None, 
                initiator: str | None = None) -> subprocess.CompletedProcess[str]:
     argv = [tool, "-i", initiator or grant.initiator_iqn, iscsi_url(lab, grant, secret, user)]
     return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+
+
+def reads_disk(lab: Lab, grant: Grant) -> bool:
+    """Whether the grant's initiator logs in and finds its disk (READ CAPACITY answers). A fenced initiator
+    (broker/lio.py, fence) logs in but finds only LIO's virtual LUN 0, which answers INQUIRY and nothing else."""
+    return iscsi_tool(lab, "iscsi-readcapacity16", grant).returncode == 0
 
 
 def qemu_io_argv(lab: Lab, grant: Grant, *commands: str) -> list[str]:

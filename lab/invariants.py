@@ -7,8 +7,9 @@ through the helper or rtslib, so it can judge the helper's repairs after a crash
   image version up to the current one has its checksum and none is newer than the current one, and no
   kernel or initrd is kept without its version;
 - every target, storage object, dm-snapshot device and loop device belongs to an overlay that exists;
-- every target exports LUN 0 and has at most one NodeACL, which is its live session's (as recorded), with
-  the recorded CHAP credentials; every recorded session has its overlay, its target and its ACL.
+- every target exports LUN 0 and has at most one NodeACL that maps it, which is its live session's (as
+  recorded), with the recorded CHAP credentials, and at most one other, a fence that maps no LUN; every
+  recorded session has its overlay, its target and its ACL.
 """
 
 from __future__ import annotations
@@ -51,10 +52,14 @@ def problems(store: Path, prefix: str, backend: str) -> list[str]:
         if luns == []:
             found.append(f"target {name} exports no LUN 0")
         acls = sorted(p.name for p in (tpg / "acls").iterdir()) if (tpg / "acls").is_dir() else []
+        mapping = [acl for acl in acls if (tpg / "acls" / acl / "lun_0").is_dir()]
+        fences = [acl for acl in acls if acl not in mapping]
         session = sessions.get(name)
         expected = [session["initiator"]] if session else []
-        if acls != expected:
-            found.append(f"target {name}: NodeACLs {acls}, live session {expected}")
+        if mapping != expected:
+            found.append(f"target {name}: NodeACLs mapping LUN 0 {mapping}, live session {expected}")
+        elif len(fences) > 1 or set(fences) & set(expected):
+            found.append(f"target {name}: fences {fences}, at most one besides the live session {expected}")
         elif session:
             auth = tpg / "acls" / session["initiator"] / "auth"
             if ((auth / "userid").read_text().strip(), (auth / "password").read_text().strip()) != (

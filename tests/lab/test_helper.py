@@ -26,6 +26,7 @@ from lab.deployment import (
     prepare_accounts,
     qemu_io,
     qemu_io_argv,
+    reads_disk,
     wrong_secret,
     Workstation,
 )
@@ -85,15 +86,14 @@ def test_a_second_login_drops_the_first_session(deployment: Deployment) -> None:
 
         second = deployment.ensure_session("carol")
         assert second.initiator_iqn != first.initiator_iqn and second.chap_secret != first.chap_secret
-        acls = deployment.lio(
-            f"import os; print(sorted(os.listdir('/sys/kernel/config/target/iscsi/{first.target_iqn}/tpgt_1/acls')))"
-        )
-        assert first.initiator_iqn not in acls and second.initiator_iqn in acls
+        assert set(deployment.initiators(first.target_iqn)) == {second.initiator_iqn}
 
-        # The connected client is cut off: its next read does not complete.
+        # The connected client is cut off: its next read does not complete. It logs in again with its old
+        # keys to a fence: an ACL that maps no LUN, where it can read and write nothing and stops retrying.
         assert not workstation.completes("read 0 4096", seconds=20)
-    assert iscsi_tool(lab, "iscsi-inq", first).returncode != 0
-    assert iscsi_tool(lab, "iscsi-inq", second).returncode == 0
+        assert set(deployment.fences(first.target_iqn)) == {first.initiator_iqn}
+    assert not reads_disk(lab, first)
+    assert reads_disk(lab, second)
 
 
 def _disk_sha256(deployment: Deployment, grant: Grant, tmp_path: Path) -> str:
@@ -348,9 +348,12 @@ def test_a_login_removes_every_acl_of_its_target_even_one_no_record_knows(deploy
     first = deployment.ensure_session("leo")
     stray = first.initiator_iqn.rsplit(".", 1)[0] + ".5742a7a7"
     deployment.lab.run([str(deployment.lab.python), "-c", STRAY_ACL, first.target_iqn, stray])
-    assert set(deployment.initiators(first.target_iqn)) == {first.initiator_iqn, stray}
+    assert set(deployment.initiators(first.target_iqn)) == {first.initiator_iqn}
+    assert set(deployment.fences(first.target_iqn)) == {stray}  # an ACL that maps no LUN, as a fence
     second = deployment.ensure_session("leo")
     assert set(deployment.initiators(first.target_iqn)) == {second.initiator_iqn}
+    assert set(deployment.fences(first.target_iqn)) == {first.initiator_iqn}  # the stray is gone
+    assert deployment.problems() == []
 
 
 def test_lio_emptied_while_the_helper_runs_is_put_back_and_the_workstation_reconnects(deployment: Deployment) -> None:

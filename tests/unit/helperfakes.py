@@ -19,6 +19,7 @@ from broker.lio import Inventory
 class FakeTarget:
     storage_object: str
     acls: dict[str, tuple[str, str]] = field(default_factory=dict)  # initiator -> (chap user, secret)
+    fences: set[str] = field(default_factory=set)  # the initiators of `acls` that map no LUN
     attributes: dict[str, str] = field(default_factory=dict)
 
 
@@ -56,11 +57,18 @@ class FakeLio:
             if other != initiator:
                 self._maybe_fail("delete_acl")
                 del self.targets[iqn].acls[other]
+                self.targets[iqn].fences.discard(other)
         self.ensure_acl(iqn, initiator, chap_user, chap_secret)
 
     def ensure_acl(self, iqn: str, initiator: str, chap_user: str, chap_secret: str) -> None:
         self._maybe_fail("ensure_acl")
         self.targets[iqn].acls[initiator] = (chap_user, chap_secret)
+        self.targets[iqn].fences.discard(initiator)
+
+    def fence(self, iqn: str, initiator: str, chap_user: str, chap_secret: str) -> None:
+        self._maybe_fail("fence")
+        self.targets[iqn].acls[initiator] = (chap_user, chap_secret)
+        self.targets[iqn].fences.add(initiator)
 
     def acls(self, iqn: str) -> set[str]:
         self._maybe_fail("acls")
@@ -71,6 +79,7 @@ class FakeLio:
         self._maybe_fail("delete_acl")
         if iqn in self.targets:
             self.targets[iqn].acls.pop(initiator, None)
+            self.targets[iqn].fences.discard(initiator)
 
     def delete_target(self, iqn: str, so_name: str, backstore: Literal["fileio", "block"]) -> None:
         self._maybe_fail("delete_target")
@@ -88,7 +97,7 @@ class FakeLio:
         return iqn in self.targets and initiator in self.targets[iqn].acls and initiator in self.logged_in_initiators
 
     def serves(self, iqn: str, initiator: str) -> bool:
-        return iqn in self.targets and initiator in self.targets[iqn].acls
+        return iqn in self.targets and initiator in self.targets[iqn].acls and initiator not in self.targets[iqn].fences
 
     def inventory(self, prefix: str) -> Inventory:
         return Inventory(

@@ -72,7 +72,7 @@ def test_a_login_whose_previous_acl_cannot_be_dropped_leaves_one_writer_and_the_
     recorded = helper.book.get("demo", "alice")
     assert recorded is not None and recorded.initiator == first["initiator_iqn"]
     third = helper.ensure_session("demo", "alice")
-    assert set(lio.targets[TARGET].acls) == {third["initiator_iqn"]}
+    assert set(lio.targets[TARGET].acls) - lio.targets[TARGET].fences == {third["initiator_iqn"]}
     assert restarted(helper).book.get("demo", "alice").initiator == third["initiator_iqn"]  # type: ignore[union-attr]
 
 
@@ -80,7 +80,52 @@ def test_a_login_removes_every_acl_on_its_target_but_its_own(helper: Helper, lio
     helper.ensure_session("demo", "alice")
     lio.targets[TARGET].acls["iqn.2026-11.org.example.lab:stray"] = ("alice", "x" * 20)  # no record knows it
     grant = helper.ensure_session("demo", "alice")
-    assert set(lio.targets[TARGET].acls) == {grant["initiator_iqn"]}
+    assert set(lio.targets[TARGET].acls) - lio.targets[TARGET].fences == {grant["initiator_iqn"]}
+    assert "iqn.2026-11.org.example.lab:stray" not in lio.targets[TARGET].acls
+
+
+# A taken-over workstation is fenced: it logs in again to a NodeACL that maps no LUN (issue 16)
+
+def test_a_takeover_fences_the_previous_workstation_with_its_own_credentials(helper: Helper, lio: FakeLio) -> None:
+    first = helper.ensure_session("demo", "alice")
+    second = helper.ensure_session("demo", "alice")
+    target = lio.targets[TARGET]
+    assert target.acls[first["initiator_iqn"]] == (first["chap_user"], first["chap_secret"])
+    assert target.fences == {first["initiator_iqn"]}
+    assert lio.serves(TARGET, second["initiator_iqn"]) and not lio.serves(TARGET, first["initiator_iqn"])
+    # One fence per target: the next takeover fences the second workstation and drops the first's fence.
+    third = helper.ensure_session("demo", "alice")
+    assert set(target.acls) == {third["initiator_iqn"], second["initiator_iqn"]}
+    assert target.fences == {second["initiator_iqn"]}
+
+
+def test_a_fence_lio_refuses_does_not_fail_the_takeover(
+    helper: Helper, lio: FakeLio, caplog: pytest.LogCaptureFixture,
+) -> None:
+    first = helper.ensure_session("demo", "alice")
+    lio.fail = {"fence"}
+    second = helper.ensure_session("demo", "alice")
+    assert set(lio.targets[TARGET].acls) == {second["initiator_iqn"]}
+    assert helper.book.get("demo", "alice").initiator == second["initiator_iqn"]  # type: ignore[union-attr]
+    assert "could not fence the previous workstation of alice on demo" in caplog.text
+    assert first["chap_secret"] not in caplog.text and second["chap_secret"] not in caplog.text
+
+
+def test_start_up_keeps_a_fence_and_removes_an_acl_no_session_has(helper: Helper, lio: FakeLio) -> None:
+    first = helper.ensure_session("demo", "alice")
+    second = helper.ensure_session("demo", "alice")
+    lio.targets[TARGET].acls["iqn.2026-11.org.example.lab:stray"] = ("alice", "x" * 20)  # maps the LUN
+    restarted(helper)
+    assert set(lio.targets[TARGET].acls) == {first["initiator_iqn"], second["initiator_iqn"]}
+    assert lio.targets[TARGET].fences == {first["initiator_iqn"]}
+
+
+def test_the_first_login_and_a_login_after_end_session_fence_nobody(helper: Helper, lio: FakeLio) -> None:
+    helper.ensure_session("demo", "alice")
+    assert lio.targets[TARGET].fences == set()
+    helper.end_session("demo", "alice")
+    helper.ensure_session("demo", "alice")
+    assert lio.targets[TARGET].fences == set()
 
 
 def test_a_login_whose_new_acl_fails_leaves_no_acl_and_no_record(helper: Helper, lio: FakeLio) -> None:
