@@ -236,8 +236,8 @@ class Lio:
 
     def fence(self, iqn: str, initiator: str, chap_user: str, chap_secret: str) -> None:
         """Give an initiator whose session was just dropped a NodeACL with its old CHAP credentials that maps
-        no LUN. Its OS logs in again and finds only LIO's virtual LUN 0 (write-protected, answering nothing
-        but INQUIRY and TEST UNIT READY): it can neither read nor write the disk, and it stops retrying. A
+        no LUN. Its OS logs in again and finds only LIO's virtual LUN 0 (32 KiB of nothing, write-protected):
+        it can neither read nor write the disk, and it stops retrying. A
         refused login instead is retried by open-iscsi every few seconds for as long as the machine runs,
         each attempt a line in the kernel's log. The next login on the target removes it with every other
         ACL. Idempotent."""

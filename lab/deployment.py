@@ -230,9 +230,15 @@ def iscsi_tool(lab: Lab, tool: str, grant: Grant, *, secret: str | None = None, 
 
 
 def reads_disk(lab: Lab, grant: Grant) -> bool:
-    """Whether the grant's initiator logs in and finds its disk (READ CAPACITY answers). A fenced initiator
-    (broker/lio.py, fence) logs in but finds only LIO's virtual LUN 0, which answers INQUIRY and nothing else."""
-    return iscsi_tool(lab, "iscsi-readcapacity16", grant).returncode == 0
+    """Whether the grant's initiator logs in and reads its disk past the first 32 KiB. A fenced initiator
+    (broker/lio.py, fence) logs in too, but finds LIO's virtual LUN 0: 32 KiB that read as zeros."""
+    done = qemu_io(lab, grant, f"read {FENCE_LUN_BYTES} 4096")
+    return "read 4096/4096 bytes" in done.stdout
+
+
+# LIO's virtual LUN 0, what an ACL that maps no LUN sees: a ramdisk of 8 pages that keeps no data
+# (rd_pages=8, rd_nullio=1) and refuses writes.
+FENCE_LUN_BYTES = 8 * 4096
 
 
 def qemu_io_argv(lab: Lab, grant: Grant, *commands: str) -> list[str]:

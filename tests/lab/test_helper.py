@@ -18,6 +18,7 @@ import pytest
 from lab.vm import Lab
 from lab.deployment import (
     GOLDEN_MIB,
+    FENCE_LUN_BYTES,
     Deployment,
     Grant,
     clear_lio,
@@ -88,12 +89,16 @@ def test_a_second_login_drops_the_first_session(deployment: Deployment) -> None:
         assert second.initiator_iqn != first.initiator_iqn and second.chap_secret != first.chap_secret
         assert set(deployment.initiators(first.target_iqn)) == {second.initiator_iqn}
 
-        # The connected client is cut off: its next read does not complete. It logs in again with its old
-        # keys to a fence: an ACL that maps no LUN, where it can read and write nothing and stops retrying.
-        assert not workstation.completes("read 0 4096", seconds=20)
+        # The connected client is cut off. It logs in again with its old keys, to its fence: an ACL that maps
+        # no LUN, where it finds LIO's 32 KiB virtual LUN 0, which refuses writes and keeps no data.
+        assert not workstation.completes(f"read {FENCE_LUN_BYTES} 4096", seconds=20)
+        assert not workstation.completes("write -P 0x66 0 4096")
         assert set(deployment.fences(first.target_iqn)) == {first.initiator_iqn}
+        assert deployment.fences(first.target_iqn)[first.initiator_iqn]  # logged in: it stopped retrying
     assert not reads_disk(lab, first)
     assert reads_disk(lab, second)
+    unchanged = qemu_io(lab, second, "read -P 0x66 0 4096")  # the fenced write reached nothing
+    assert "Pattern verification failed" in unchanged.stdout, unchanged.stdout
 
 
 def _disk_sha256(deployment: Deployment, grant: Grant, tmp_path: Path) -> str:
