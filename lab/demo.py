@@ -36,6 +36,8 @@ STORY = re.compile(
     r"detected conn error|I/O error|Remounting filesystem read-only"
 )
 
+READ_ONLY = re.compile(r"Remounting filesystem read-only")  # where a fenced OS's story ends: it repeats from there
+
 
 def say(text: str) -> None:
     print(f"\n== {text}", flush=True)
@@ -70,17 +72,22 @@ def ticking(what: str) -> Iterator[None]:
 
 
 class Screen:
-    """Prints what one workstation's screen shows since the last time: every line, or those `only` matches."""
+    """Prints what one workstation's screen shows since the last time: every line, or those `only` matches,
+    up to the first that `last` matches (the rest is counted, not printed)."""
 
     def __init__(self, client: IpxeClient) -> None:
         self.client = client
         self.shown = 0
 
-    def show(self, only: re.Pattern[str] | None = None, upto: int | None = None) -> None:
+    def show(self, only: re.Pattern[str] | None = None, upto: int | None = None,
+             last: re.Pattern[str] | None = None) -> None:
         end = len(self.client.screen()) if upto is None else upto
-        for line in self.client.transcript(self.shown, end):
-            if only is None or only.search(line):
-                print(f"   {self.client.dir.name}| {line[:110]}", flush=True)
+        lines = [line for line in self.client.transcript(self.shown, end) if only is None or only.search(line)]
+        for count, line in enumerate(lines, 1):
+            print(f"   {self.client.dir.name}| {line[:110]}", flush=True)
+            if last is not None and last.search(line) and count < len(lines):
+                print(f"   {self.client.dir.name}| ... and {len(lines) - count} more such lines", flush=True)
+                break
         self.shown = end
 
 
@@ -176,13 +183,14 @@ def run_demo(lab: Lab) -> int:
         note("keys, to the fence her login left it: an ACL that maps no LUN, so it finds no disk and stops")
         note("retrying (a refused login would be retried every few seconds for as long as it runs)")
         fenced = helper.logged_in_to_fence(helper.target_iqn("demo", USER), left_on, timeout=180)
-        screen.show(STORY, upto=len(first.screen()))
+        screen.show(STORY, upto=len(first.screen()), last=READ_ONLY)
         after = realos.heartbeats(first.screen()[taken:])
         note(f"its heartbeats (it writes and syncs a counter every 10 s): {len(before)} before her login at "
              f"workstation-2, {len(after)} after it")
         server(f"LIO: {left_on} " + ("logged in to its fence" if fenced is not None else "not logged in again yet")
                + f"; logins of it refused: {len(refused_logins(lab, left_on))}")
-        note("it can read and write nothing of her disk. The demo switches it off.")
+        note("its writes failed at once and its root went read-only: it can read and write nothing of her")
+        note("disk. The demo switches it off.")
         first.stop()
 
         say("she shuts workstation-2 down at the end of the day (the demo pulls its plug: what her OS synced")
