@@ -283,14 +283,14 @@ class Workstation:
         self.process.wait()
 
     def command(self, line: str, seconds: float = 60) -> str:
-        """Send one qemu-io command; what it printed until its statistics line, or until `seconds` passed
-        (a command whose I/O hangs prints nothing)."""
+        """Send one qemu-io command; what it printed until its statistics line or its error ("read failed:
+        ..."), or until `seconds` passed (a command whose I/O hangs prints nothing)."""
         assert self.process.stdin is not None
         self.process.stdin.write(line.encode() + b"\n")
         self.process.stdin.flush()
         seen = b""
         deadline = time.monotonic() + seconds
-        while b"ops/sec" not in seen and time.monotonic() < deadline:
+        while b"ops/sec" not in seen and b" failed: " not in seen and time.monotonic() < deadline:
             ready, _, _ = select.select([self._fd], [], [], deadline - time.monotonic())
             if not ready:
                 break

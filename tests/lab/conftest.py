@@ -16,10 +16,23 @@ from lab.vm import Lab
 HERE = Path(__file__).parent
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+ONE_BACKEND = "reflink"  # the default: where a test marked any_backend runs (its `deployment` is per backend)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    kept, deselected = [], []
     for item in items:
         if item.path.is_relative_to(HERE):
             item.add_marker(pytest.mark.lab)
+        params = getattr(item, "callspec", None)
+        backend = params.params.get("deployment", ONE_BACKEND) if params is not None else ONE_BACKEND
+        if item.get_closest_marker("any_backend") and backend != ONE_BACKEND:
+            deselected.append(item)  # what the storage backend cannot change, proved once: lab time is scarce
+        else:
+            kept.append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept
 
 
 @pytest.fixture(scope="session")

@@ -66,6 +66,7 @@ def test_wrong_secret_is_refused(deployment: Deployment) -> None:
     assert iscsi_tool(deployment.lab, "iscsi-inq", grant).returncode == 0
 
 
+@pytest.mark.any_backend
 def test_another_users_credentials_are_refused(deployment: Deployment) -> None:
     alice = deployment.ensure_session("alice")
     bob = deployment.ensure_session("bob")
@@ -235,6 +236,7 @@ def raw_request(deployment: Deployment, line: bytes | str, user: str | None = No
 BAD_NAMES = ["../etc", "..", "a/b", "/etc/passwd", "a\u0000b", "a\u0001b", "a\nb", "x" * 10_000, "demo\u202e", ""]
 
 
+@pytest.mark.any_backend
 @pytest.mark.parametrize("field", ["image", "user"])
 def test_bad_identifiers_are_refused_and_change_nothing(deployment: Deployment, field: str) -> None:
     deployment.ensure_session("frank")
@@ -250,6 +252,7 @@ def test_bad_identifiers_are_refused_and_change_nothing(deployment: Deployment, 
     assert deployment.snapshot() == before
 
 
+@pytest.mark.any_backend
 def test_only_an_images_users_and_groups_may_start_a_session_on_it(deployment: Deployment) -> None:
     before = deployment.snapshot()
     for user in ("outsider", "alice"):  # neither named nor in bootbroker-helpdesk
@@ -263,6 +266,7 @@ def test_only_an_images_users_and_groups_may_start_a_session_on_it(deployment: D
     assert iscsi_tool(deployment.lab, "iscsi-inq", grant).returncode == 0
 
 
+@pytest.mark.any_backend
 def test_malformed_messages_get_error_codes(deployment: Deployment) -> None:
     before = deployment.snapshot()
     assert raw_request(deployment, "not json")["error"]["code"] == "bad_request"
@@ -274,6 +278,7 @@ def test_malformed_messages_get_error_codes(deployment: Deployment) -> None:
     assert health["backend"] == deployment.backend and health["overlays"] >= 1 and health["store_free_bytes"] > 0
 
 
+@pytest.mark.any_backend
 def test_peers_get_only_their_operations(deployment: Deployment) -> None:
     deployment.ensure_session("gina")
     # The broker's account may start sessions and read health, nothing else.
@@ -293,6 +298,7 @@ def test_peers_get_only_their_operations(deployment: Deployment) -> None:
     assert mode == ["660", "root", "bootbroker"]
 
 
+@pytest.mark.any_backend
 def test_session_records_are_root_only_and_secrets_stay_out_of_the_log(deployment: Deployment) -> None:
     grant = deployment.ensure_session("hank")
     sessions = f"{deployment.store}/sessions"
@@ -326,6 +332,7 @@ def discovered(deployment: Deployment, initiator: str) -> list[str]:
     return re.findall(r"Target:(\S+)", done.stdout)
 
 
+@pytest.mark.any_backend
 def test_discovery_lists_a_target_only_to_its_own_sessions_initiator(deployment: Deployment) -> None:
     """Target names name users: discovery must not give a stranger the list of everyone who has a disk."""
     judy, kim = deployment.ensure_session("judy"), deployment.ensure_session("kim")
@@ -349,6 +356,7 @@ NodeACL(TPG(Target(FabricModule("iscsi"), sys.argv[1], "lookup"), 1, "lookup"), 
 """
 
 
+@pytest.mark.any_backend
 def test_a_login_removes_every_acl_of_its_target_even_one_no_record_knows(deployment: Deployment) -> None:
     first = deployment.ensure_session("leo")
     stray = first.initiator_iqn.rsplit(".", 1)[0] + ".5742a7a7"
