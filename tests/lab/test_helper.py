@@ -1,7 +1,7 @@
 """The privileged helper against the real kernel LIO target, with real iSCSI clients.
 
-Every test runs once per storage backend: reflink (btrfs) and dm-snapshot (ext4, loop devices).
-"""
+Every test runs once per storage backend: reflink (btrfs) and dm-snapshot (ext4, loop devices), but for
+those marked any_backend (nothing the backend does), which run on reflink only (tests/lab/conftest.py)."""
 
 from __future__ import annotations
 
