@@ -258,8 +258,9 @@ class Helper:
     def ensure_session(self, image: object, user: object) -> dict[str, Any]:
         """Start a boot session: overlay and target if missing, the previous session's ACL replaced by a
         new one with a fresh initiator name and CHAP secret, and the previous initiator fenced (Lio.fence).
-        Touches: the overlay, its LIO target, the session record. Idempotent in effect; each call rotates the credentials. Raises NotPermitted for a
-        user the image's `users`/`groups` do not name (the broker checks too; this is the last word)."""
+        Touches: the overlay, its LIO target, the session record. Idempotent in effect; each call rotates the
+        credentials. Raises NotPermitted for a user the image's `users`/`groups` do not name (the broker
+        checks too; this is the last word)."""
         names = self._names(image, user)
         config = self.config.images[names.image]
         groups = self.directory.groups_of(names.user) if needs_groups([config], names.user) else frozenset()

@@ -95,6 +95,17 @@ def _free_index(prefix: str) -> int:
     return next(n for n in itertools.count() if str(n) not in used)
 
 
+def _acl_with_chap(tpg: Any, initiator: str, chap_user: str, chap_secret: str, created: list[Any]) -> Any:
+    """The initiator's NodeACL on the TPG (made if missing, and then listed in `created`), with these CHAP
+    credentials."""
+    acl = _lookup_or_create(
+        lambda: NodeACL(tpg, initiator, "lookup"), lambda: NodeACL(tpg, initiator, "create"), created
+    )
+    acl.chap_userid = chap_user
+    acl.chap_password = chap_secret
+    return acl
+
+
 def _rolled_back(created: list[Any]) -> None:
     for obj in reversed(created):
         try:
@@ -220,11 +231,7 @@ class Lio:
         created: list[Any] = []
         try:
             tpg = self._tpg(iqn)
-            acl = _lookup_or_create(
-                lambda: NodeACL(tpg, initiator, "lookup"), lambda: NodeACL(tpg, initiator, "create"), created
-            )
-            acl.chap_userid = chap_user
-            acl.chap_password = chap_secret
+            acl = _acl_with_chap(tpg, initiator, chap_user, chap_secret, created)
             _lookup_or_create(
                 lambda: MappedLUN(acl, LUN_INDEX),
                 lambda: MappedLUN(acl, LUN_INDEX, tpg_lun=LUN(tpg, LUN_INDEX), write_protect=False),
@@ -237,20 +244,14 @@ class Lio:
     def fence(self, iqn: str, initiator: str, chap_user: str, chap_secret: str) -> None:
         """Give an initiator whose session was just dropped a NodeACL with its old CHAP credentials that maps
         no LUN. Its OS logs in again and finds only LIO's virtual LUN 0 (32 KiB of nothing, write-protected):
-        it can neither read nor write the disk, and it stops retrying. A
-        refused login instead is retried by open-iscsi every few seconds for as long as the machine runs,
-        each attempt a line in the kernel's log. The next login on the target removes it with every other
-        ACL. Idempotent."""
+        it can neither read nor write the disk, and it stops retrying. A refused login instead is retried by
+        open-iscsi every few seconds for as long as the machine runs, each attempt a line in the kernel's
+        log. The next login on the target removes it with every other ACL. Idempotent."""
         created: list[Any] = []
         try:
-            tpg = self._tpg(iqn)
-            acl = _lookup_or_create(
-                lambda: NodeACL(tpg, initiator, "lookup"), lambda: NodeACL(tpg, initiator, "create"), created
-            )
+            acl = _acl_with_chap(self._tpg(iqn), initiator, chap_user, chap_secret, created)
             for mapped in list(acl.mapped_luns):  # never a fence that grants the disk
                 mapped.delete()
-            acl.chap_userid = chap_user
-            acl.chap_password = chap_secret
         except (RTSLibError, OSError) as e:
             _rolled_back(created)
             raise BackendFailure(f"LIO refused a fence NodeACL on {iqn}: {e}") from None

@@ -187,7 +187,7 @@ def run_demo(lab: Lab) -> int:
         after = realos.heartbeats(first.screen()[taken:])
         note(f"its heartbeats (it writes and syncs a counter every 10 s): {len(before)} before her login at "
              f"workstation-2, {len(after)} after it")
-        server(f"LIO: {left_on} " + ("logged in to its fence" if fenced is not None else "not logged in again yet")
+        server(f"LIO: {left_on} " + ("logged in to its fence" if fenced else "not logged in again yet")
                + f"; logins of it refused: {len(refused_logins(lab, left_on))}")
         note("its writes failed at once and its root went read-only: it can read and write nothing of her")
         note("disk. The demo switches it off.")

@@ -185,14 +185,14 @@ groups = ["bootbroker-helpdesk"]
             found[path.rstrip("/").rsplit("/", 1)[1]] = (info.startswith("MAPPED"), "TARG_SESS_STATE_LOGGED_IN" in info)
         return found
 
-    def logged_in_to_fence(self, target_iqn: str, initiator: str, timeout: float) -> float | None:
-        """Wait until `initiator` is logged in to its fence on the target; the seconds it took, or None."""
-        began = time.monotonic()
+    def logged_in_to_fence(self, target_iqn: str, initiator: str, timeout: float) -> bool:
+        """Wait until `initiator` is logged in to its fence on the target; False if it was not within `timeout`."""
+        deadline = time.monotonic() + timeout
         while not self.fences(target_iqn).get(initiator):
-            if time.monotonic() > began + timeout:
-                return None
+            if time.monotonic() > deadline:
+                return False
             time.sleep(2)
-        return time.monotonic() - began
+        return True
 
     def problems(self) -> list[str]:
         """What does not hold between the store, the session records and the kernel (lab/invariants.py)."""

@@ -237,7 +237,7 @@ def test_her_os_boots_bios_then_uefi_with_its_writes_and_the_second_workstation_
     # The first OS notices, and its iscsid logs in again with its old keys: to the fence the takeover left
     # it, an ACL that maps no LUN. Its heartbeats stop (it can write nothing) while the second OS's go on,
     # and it does not retry: no refused login in the server's log, then or later.
-    assert helper.logged_in_to_fence(target, first_initiator, timeout=180) is not None, \
+    assert helper.logged_in_to_fence(target, first_initiator, timeout=180), \
         "the taken-over OS never logged in again"
     stalled = len(first.screen())
     beats_on(second, len(second.screen()), count=3)
