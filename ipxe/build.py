@@ -4,7 +4,8 @@ directory's embedded script (pointing at the broker) and the broker's certificat
 
   ipxe/build.py --source ~/src/ipxe --url https://boot.example.org --trust /var/lib/bootbroker/tls/broker.crt
 
-Outputs undionly.kpxe (BIOS, chainloaded from PXE) and ipxe.efi (UEFI x86_64). See ipxe/README.md.
+--source is a clone or iPXE's release tarball (unpacked once into --work and built there, so a rebuild for a
+new certificate recompiles only what changed). Outputs undionly.kpxe (BIOS, chainloaded from PXE) and ipxe.efi (UEFI x86_64). See ipxe/README.md.
 Standard library only: it runs on the build machine without the project's venv.
 """
 
@@ -36,6 +37,8 @@ URL_SHAPE = re.compile(r"https?://(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\
 SAFE_PATH = re.compile(r"[A-Za-z0-9._/+-]+")
 PEM_CERTIFICATE = re.compile(r"-----BEGIN CERTIFICATE-----\s*(.*?)\s*-----END CERTIFICATE-----", re.DOTALL)
 IPXE_CLONE = "https://github.com/ipxe/ipxe"
+TARBALL_SUFFIXES = (".tar.xz", ".tar.gz", ".tgz", ".tar.bz2", ".tar")
+UNPACKED = ".bootbroker-unpacked"  # in a tarball's tree under --work: the SHA-256 of the tarball it came from
 EXIT_OK, EXIT_BUILD, EXIT_USAGE = 0, 1, 2
 
 
@@ -99,6 +102,55 @@ def check_source(source: Path) -> Path:
         raise UsageError(f"--source {source} is not an iPXE source tree (no {' and no '.join(missing)}); "
                          f"point it at a clone of {IPXE_CLONE}")
     return source
+
+
+def default_work() -> Path:
+    """Where tarballs are unpacked and built: the user's cache directory (XDG_CACHE_HOME, ~/.cache)."""
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "bootbroker" / "ipxe"
+
+
+def is_tarball(source: Path) -> bool:
+    return source.is_file() and source.name.endswith(TARBALL_SUFFIXES)
+
+
+def unpack(tarball: Path, work: Path) -> tuple[Path, str]:
+    """The source tree of an iPXE release tarball, unpacked into `work` the first time and found there the next
+    (a tree per tarball, named by its SHA-256: a rebuild recompiles only what changed). Returns the tree and
+    what happened, for the output."""
+    digest = hashlib.sha256()
+    with tarball.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    sha = digest.hexdigest()
+    name = tarball.name
+    for suffix in TARBALL_SUFFIXES:
+        name = name.removesuffix(suffix)
+    home = work / f"{name}-{sha[:16]}"
+    stamp = home / UNPACKED
+    if stamp.is_file() and stamp.read_text().strip() == sha:
+        trees = [p for p in home.iterdir() if p.is_dir()]
+        if len(trees) == 1:
+            return trees[0], f"source: {tarball.name} (SHA-256 {sha}), unpacked before in {trees[0]}"
+    if home.exists():  # a half-finished unpack: start again
+        shutil.rmtree(home)
+    work.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=work))
+    # GNU tar refuses members with absolute names or "..": nothing lands outside the new directory.
+    done = subprocess.run(["tar", "-x", "--no-same-owner", "-f", str(tarball), "-C", str(partial)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        shutil.rmtree(partial)
+        raise UsageError(f"--source {tarball}: tar could not unpack it: {done.stderr.strip() or done.returncode}")
+    trees = [p for p in partial.iterdir()]
+    if len(trees) != 1 or not trees[0].is_dir():
+        shutil.rmtree(partial)
+        raise UsageError(f"--source {tarball} does not hold one top directory (as iPXE's release tarballs do); "
+                         "unpack it yourself and give the directory")
+    (partial / UNPACKED).write_text(sha + "\n")
+    partial.rename(home)
+    tree = home / trees[0].name
+    return tree, f"source: {tarball.name} (SHA-256 {sha}), unpacked into {tree}"
 
 
 def check_trust(trust: Path) -> bytes:
@@ -181,7 +233,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                "Then: put the binaries on the TFTP server, see ipxe/README.md.",
     )
     parser.add_argument("--source", type=Path, required=True,
-                        help=f"top of an iPXE source tree (git clone {IPXE_CLONE}); src/ inside it is built")
+                        help=f"top of an iPXE source tree (git clone {IPXE_CLONE}; src/ inside it is built), "
+                             "or iPXE's release tarball (.tar.xz, .tar.gz, ...), unpacked once into --work")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="where a tarball --source is unpacked and built, kept so that the next build (a new "
+                             "certificate) recompiles only what changed (default: $XDG_CACHE_HOME/bootbroker/ipxe, "
+                             "i.e. ~/.cache/bootbroker/ipxe)")
     parser.add_argument("--url", required=True,
                         help="the broker's base URL, as in [broker] url: https://HOST[:PORT], no path, user, "
                              "query or trailing slash (e.g. https://boot.example.org)")
@@ -207,12 +264,18 @@ def main(argv: list[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else EXIT_USAGE
     try:
         url = check_url(args.url, args.insecure_http)
-        source = check_source(args.source.resolve())
         trust = args.trust.resolve()
         certificate = check_trust(trust)
         if args.jobs < 1:
             raise UsageError(f"--jobs {args.jobs}: give at least 1")
         check_tools()
+        source_note = None
+        source = args.source.resolve()
+        if is_tarball(source):
+            source, source_note = unpack(source, (args.work or default_work()).resolve())
+        elif args.work is not None:
+            raise UsageError(f"--work is for a tarball --source; {args.source} is built where it is")
+        source = check_source(source)
         output = args.output.resolve()
         if output.exists() and not output.is_dir():
             raise UsageError(f"--output {output} exists and is not a directory")
@@ -226,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         print("build.py: WARNING: --insecure-http: this iPXE talks plain HTTP, so passwords and CHAP secrets cross "
               "the network in clear text. Use it in a lab only.", file=sys.stderr, flush=True)
     targets = ["bios", "uefi"] if args.target == "all" else [args.target]
+    if source_note:
+        say(f"== {source_note}")
     say(f"== {https_note}")
     with tempfile.TemporaryDirectory(prefix="bootbroker-ipxe-") as work:
         if not SAFE_PATH.fullmatch(work):

@@ -27,6 +27,9 @@ HOST_PACKAGES = (
     "openssl", "curl", "make", "libpam-modules",
     # the bootable golden image the lab's iPXE workstations boot (lab/golden.py)
     "extlinux", "syslinux-common", "fdisk",
+    # the workstations' iPXE, built from its release tarball by ipxe/build.py (lab/ipxe_build.py): what
+    # ipxe/README.md tells sites to install (git aside: the lab builds from the tarball)
+    "build-essential", "liblzma-dev", "xz-utils",
     # the real OS (lab/realos.py): bootbroker images build's tools, and UEFI workstations' firmware
     "mmdebstrap", "dosfstools", "mtools", "ovmf",
     # bootbroker images check (broker/images/check.py): lsinitramfs/unmkinitramfs, and zstd for Debian 12's initrds

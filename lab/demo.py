@@ -3,8 +3,9 @@
 The server is the lab VM: the helper as root on the kernel's LIO, the broker as the unprivileged
 `brokersvc` with real PAM. The golden image is a real Debian 12 made by `bootbroker images build`
 (lab/realos.py: built on this host once, then cached), published with `images publish`. The workstations
-are qemu VMs on this host, UEFI (OVMF) and BIOS (SeaBIOS), that netboot Debian 12's iPXE from their
-network card on a restricted user network reaching only the broker and iSCSI ports. A person's keystrokes
+are qemu VMs on this host, UEFI (OVMF) and BIOS (SeaBIOS), that PXE-boot the site's iPXE (2.0.0, built by
+ipxe/build.py to trust the broker's certificate) by DHCP and TFTP on a restricted user network reaching
+only the broker's HTTPS and iSCSI ports, and log in over HTTPS. A person's keystrokes
 are typed into them; the transcript shows the lines of their screens that tell the story (a booting Linux
 prints hundreds). Her "file" is the boot counter the image's unit keeps on her disk (lab/os-customize):
 the OS itself writes it, so the number it prints says whose disk, and what state of it, booted.
@@ -20,9 +21,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from . import realos
-from .broker import BrokerDeployment
+from .broker import HTTPS_URL, BrokerDeployment, lab_tls
 from .deployment import Deployment, clear_lio, prepare_accounts, refused_logins
-from .ipxe_client import PROGRESS_EVERY, IpxeClient
+from .ipxe_client import PROGRESS_EVERY, PXE_FILES, IpxeClient
 from .timeline import Timeline
 from .vm import CLIENT_SIDE, Lab
 
@@ -136,19 +137,26 @@ def run_demo(lab: Lab) -> int:
         with ticking("publishing: checking, copying and checksumming the image in the server VM"):
             server(helper.cli("images", "publish", "demo", str(image), timeout=900).stdout)
 
-        say("starting the broker as brokersvc with real PAM (/etc/pam.d/bootbroker, pam_unix) and lab accounts")
-        note("plain HTTP, the lab-only insecure_http switch: Debian 12's iPXE has no HTTPS. Debian 13's iPXE")
-        note("negotiating TLS with this broker is shown by tests/lab/test_ipxe_tls.py.")
-        broker = BrokerDeployment(helper, insecure_http=True, url=f"http://{CLIENT_SIDE}:8080")
+        say("the site's iPXE: ipxe/build.py builds iPXE 2.0.0 from its release tarball, to chain the broker's")
+        note(f"{HTTPS_URL}/boot.ipxe and to trust the broker's certificate only (cached after the first build)")
+        with ticking("building iPXE (2-3 minutes the first time)"):
+            tls = lab_tls()
+        note(f"{tls.ipxe}: " + ", ".join(f"{name} ({(tls.ipxe / name).stat().st_size:,} bytes)" for name in PXE_FILES.values()))
+        note(f"trusting {tls.certificate.certificate.name}, SHA-256 {tls.certificate.fingerprint[:23]}...")
+
+        say("starting the broker as brokersvc with real PAM (/etc/pam.d/bootbroker, pam_unix) and lab accounts,")
+        note("on HTTPS with that certificate (the site copies its own into /var/lib/bootbroker/tls)")
+        broker = BrokerDeployment(helper, url=HTTPS_URL, tls=tls)
         broker.install()
         broker.start()
-        server("\n".join(line for line in broker.log().splitlines() if "broker ready" in line))
+        server("\n".join(line for line in broker.log().splitlines() if "broker ready" in line or "fingerprint" in line))
         password = broker.passwords[USER]
 
         first, screen = workstation(lab, "workstation-1", "uefi")
         clients.append(first)
-        say("workstation-1 (UEFI) powers on and netboots: its iPXE gets the broker's entry menu; 'Log in'")
-        first.start(f"{broker.url}/boot.ipxe")
+        say("workstation-1 (UEFI) powers on and netboots: its firmware's PXE gets ipxe.efi by DHCP and TFTP;")
+        note("the site's iPXE runs its embedded script and gets the broker's entry menu over HTTPS; 'Log in'")
+        first.pxe_boot(tls.ipxe)
         at = first.choose_log_in()
         screen.show()
         say(f"{USER} types her name and a wrong password")
@@ -170,7 +178,7 @@ def run_demo(lab: Lab) -> int:
         clients.append(second)
         say("she leaves workstation-1 running and logs in at workstation-2 (BIOS): her disk follows her, and")
         note("one writer per disk: the new login rotates the secret and drops workstation-1's session")
-        second.start(f"{broker.url}/boot.ipxe")
+        second.pxe_boot(tls.ipxe)
         at = second.log_in(USER, password)
         taken = len(first.screen())
         before = realos.heartbeats(first.screen())
@@ -204,7 +212,7 @@ def run_demo(lab: Lab) -> int:
         third, third_screen = workstation(lab, "workstation-3", "uefi")
         clients.append(third)
         say("she logs in at workstation-3 (UEFI): a fresh copy of the golden image, boot 1 again")
-        third.start(f"{broker.url}/boot.ipxe")
+        third.pxe_boot(tls.ipxe)
         boot_her_disk(third, third_screen, third.log_in(USER, password))
         note("(`bootbroker restore student1 demo` would bring back the disk the reset set aside)")
         say("done: the workstations are off; the broker and the helper stop, LIO is cleared, the VM powers off")

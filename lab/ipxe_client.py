@@ -1,5 +1,9 @@
-"""A workstation for the lab: a qemu VM that netboots iPXE from its NIC ROM (Debian 12's ipxe-qemu, or
-another build's ROM, such as Debian 13's with HTTPS).
+"""A workstation for the lab: a qemu VM that netboots from its NIC ROM (Debian 12's ipxe-qemu, or another
+build's ROM, such as Debian 13's with HTTPS). Either the ROM's iPXE goes to the broker itself (`start`
+with the broker's URL as the DHCP boot file: plain HTTP, Debian 12's iPXE has no HTTPS), or the workstation
+boots as a site's do (`pxe_boot`): the firmware's PXE gets an address and a boot file name from DHCP and the
+file by TFTP (qemu's own servers), the site's iPXE built by ipxe/build.py, whose embedded script goes on to
+the broker over HTTPS.
 
 Its console is on a serial port written to a file (SeaBIOS and iPXE print there with graphics=off); the
 test types on its keyboard through the qemu monitor's `sendkey`, as a person would. Its user network is
@@ -30,6 +34,8 @@ KEYS = {"-": "minus", ".": "dot", " ": "spc", "_": "shift-minus", "@": "shift-2"
 
 
 OVMF = Path("/usr/share/ovmf/OVMF.fd")  # Debian's ovmf: UEFI firmware for qemu
+# What the DHCP server names as the boot file, by firmware: what ipxe/README.md tells sites to serve.
+PXE_FILES = {"bios": "undionly.kpxe", "uefi": "ipxe.efi"}
 
 
 class IpxeClient:
@@ -56,6 +62,7 @@ class IpxeClient:
         self.memory_mb = memory_mb
         self.local_disk = local_disk
         self.io_trace = io_trace
+        self.tftp: Path | None = None  # the TFTP server's root, when the workstation PXE-boots (pxe_boot)
         self.process: subprocess.Popen[bytes] | None = None
         # Called with a line every PROGRESS_EVERY seconds of a long wait (the demo prints it).
         self.progress: Callable[[str], None] | None = None
@@ -79,7 +86,8 @@ class IpxeClient:
             "qemu-system-x86_64", "-accel", "tcg", "-m", str(self.memory_mb), "-machine", "pc,graphics=off", *firmware,
             "-display", "none", "-serial", f"file:{self.console}",
             "-monitor", f"unix:{self.monitor},server,nowait",
-            "-netdev", ",".join(["user,id=net0,restrict=on", f"bootfile={bootfile}", *forwards]),
+            "-netdev", ",".join(["user,id=net0,restrict=on", f"bootfile={bootfile}",
+                                 *([f"tftp={self.tftp}"] if self.tftp else []), *forwards]),
             *boot, *dump, "-no-reboot",
         ]
 
@@ -88,6 +96,12 @@ class IpxeClient:
         self.console.write_bytes(b"")
         self.process = subprocess.Popen(self.argv(bootfile), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                         stderr=(self.dir / "qemu.log").open("wb"))
+
+    def pxe_boot(self, built: Path) -> None:
+        """Power on as a site's workstation: PXE, DHCP and TFTP of `built`'s iPXE for this firmware (a
+        directory ipxe/build.py wrote), whose embedded script goes on to the broker."""
+        self.tftp = built
+        self.start(PXE_FILES[self.firmware])
 
     def stop(self) -> None:
         if self.process is not None:

@@ -1,8 +1,9 @@
 """Read a TLS handshake off the wire: a client VM's pcap (qemu's filter-dump) of its connection to a port.
 
-Only what the lab's TLS test needs: the TCP stream of each direction reassembled, split into TLS records,
-and the handshake messages and alerts before encryption starts (ClientHello, ServerHello with the chosen
-version and cipher suite, Certificate, ... ServerHelloDone; ClientKeyExchange if the client went on).
+Only what the lab's TLS tests need: each TCP connection to the port, the stream of each direction
+reassembled, split into TLS records, and the handshake messages and alerts before encryption starts
+(ClientHello, ServerHello with the chosen version and cipher suite, Certificate, ... ServerHelloDone;
+ClientKeyExchange if the client went on), and whether anything was sent encrypted after that.
 """
 
 from __future__ import annotations
@@ -17,22 +18,25 @@ SUITES = {
     0xC028: "ECDHE-RSA-AES256-SHA384", 0xC027: "ECDHE-RSA-AES128-SHA256",
     0x009D: "AES256-GCM-SHA384", 0x009C: "AES128-GCM-SHA256",
     0x003D: "AES256-SHA256", 0x003C: "AES128-SHA256",
+    0xC02C: "ECDHE-ECDSA-AES256-GCM-SHA384", 0xC02B: "ECDHE-ECDSA-AES128-GCM-SHA256",
+    0xC024: "ECDHE-ECDSA-AES256-SHA384", 0xC023: "ECDHE-ECDSA-AES128-SHA256",
 }
 HANDSHAKES = {
     1: "ClientHello", 2: "ServerHello", 11: "Certificate", 12: "ServerKeyExchange", 13: "CertificateRequest",
     14: "ServerHelloDone", 16: "ClientKeyExchange", 20: "Finished",
 }
-CHANGE_CIPHER_SPEC, ALERT, HANDSHAKE = 20, 21, 22
+CHANGE_CIPHER_SPEC, ALERT, HANDSHAKE, APPLICATION_DATA = 20, 21, 22, 23
 
 
 @dataclass
 class Side:
-    """What one side sent in the clear: handshake message names, alerts (level, description), and whether
-    it switched to encryption (ChangeCipherSpec)."""
+    """What one side sent in the clear: handshake message names, alerts (level, description), whether it
+    switched to encryption (ChangeCipherSpec), and how many bytes of application data it sent after that."""
 
     handshakes: list[str] = field(default_factory=list)
     alerts: list[tuple[int, int]] = field(default_factory=list)
     encrypted: bool = False
+    application_bytes: int = 0
 
 
 @dataclass
@@ -47,10 +51,25 @@ class Handshake:
     def suite_name(self) -> str:
         return SUITES.get(self.suite, f"0x{self.suite:04x}") if self.suite is not None else "none"
 
+    @property
+    def resumed(self) -> bool:
+        """An abbreviated handshake: the server took the client's session back, so sent no certificate and
+        did no key exchange."""
+        return self.suite is not None and "Certificate" not in self.server.handshakes and self.server.encrypted
+
 
 def read(pcap: Path, port: int) -> Handshake:
     """The first TLS connection to `port` in `pcap` (Ethernet, IPv4)."""
-    to_server, to_client = _streams(pcap.read_bytes(), port)
+    connections = read_all(pcap, port)
+    return connections[0] if connections else Handshake(Side(), Side(), None, None, [])
+
+
+def read_all(pcap: Path, port: int) -> list[Handshake]:
+    """Every TLS connection to `port` in `pcap`, in the order they began."""
+    return [_handshake(to_server, to_client) for to_server, to_client in _streams(pcap.read_bytes(), port)]
+
+
+def _handshake(to_server: bytes, to_client: bytes) -> Handshake:
     client, server = Side(), Side()
     version = suite = None
     offered: list[int] = []
@@ -71,11 +90,13 @@ def _handshake_bodies(stream: bytes, side: Side) -> list[bytes]:
     """Split a direction into records; note alerts and encryption; return the cleartext handshake messages."""
     messages = b""
     at = 0
-    while at + 5 <= len(stream) and not side.encrypted:
+    while at + 5 <= len(stream):
         kind, length = stream[at], struct.unpack_from(">H", stream, at + 3)[0]
         record = stream[at + 5:at + 5 + length]
         at += 5 + length
-        if kind == HANDSHAKE:
+        if side.encrypted:  # the Finished message, then requests or answers: counted, not read
+            side.application_bytes += len(record) if kind == APPLICATION_DATA else 0
+        elif kind == HANDSHAKE:
             messages += record
         elif kind == ALERT and len(record) == 2:
             side.alerts.append((record[0], record[1]))
@@ -92,13 +113,14 @@ def _handshake_bodies(stream: bytes, side: Side) -> list[bytes]:
     return bodies
 
 
-def _streams(pcap: bytes, port: int) -> tuple[bytes, bytes]:
-    """The payload bytes of the first TCP connection to `port`, client to server and server to client."""
+def _streams(pcap: bytes, port: int) -> list[tuple[bytes, bytes]]:
+    """The payload bytes of each TCP connection to `port` (by the client's port, in the order they began),
+    client to server and server to client."""
     magic = struct.unpack_from("<I", pcap)[0]
     if magic != 0xA1B2C3D4:
         raise ValueError(f"not a little-endian pcap file (magic 0x{magic:08x})")
-    segments: dict[bool, dict[int, bytes]] = {True: {}, False: {}}
-    client_port = None
+    # client port -> segments by sequence number, client to server (True) and server to client (False)
+    connections: dict[int, dict[bool, dict[int, bytes]]] = {}
     at = 24
     while at + 16 <= len(pcap):
         length = struct.unpack_from("<I", pcap, at + 8)[0]
@@ -111,12 +133,12 @@ def _streams(pcap: bytes, port: int) -> tuple[bytes, bytes]:
         source, destination, seq = struct.unpack_from(">HHI", tcp)
         payload = tcp[(tcp[12] >> 4) * 4:struct.unpack_from(">H", ip, 2)[0] - (ip[0] & 0x0F) * 4]
         if destination == port:
-            client_port = client_port or source
-            if source == client_port and payload:
+            segments = connections.setdefault(source, {True: {}, False: {}})
+            if payload:
                 segments[True].setdefault(seq, payload)
-        elif source == port and destination == client_port and payload:
-            segments[False].setdefault(seq, payload)
-    return _joined(segments[True]), _joined(segments[False])
+        elif source == port and destination in connections and payload:
+            connections[destination][False].setdefault(seq, payload)
+    return [(_joined(both[True]), _joined(both[False])) for both in connections.values()]
 
 
 def _joined(segments: dict[int, bytes]) -> bytes:

@@ -1,6 +1,9 @@
 """A real operating system on the user's own disk: Debian 12 built by `bootbroker images build`, booted by
-real iPXE workstations, BIOS (SeaBIOS) and UEFI (OVMF), from the user's overlay through LIO.
+real workstations, BIOS (SeaBIOS) and UEFI (OVMF), from the user's overlay through LIO.
 
+Each workstation boots as a site's does: its firmware's PXE gets the site's iPXE (v2.0.0, built by
+ipxe/build.py to trust the broker's certificate) by DHCP and TFTP, and its embedded script goes on to the
+broker over HTTPS; the first two workstations' captures show the TLS suite and that nothing went in clear.
 iPXE logs in and `sanboot`s; GRUB reads the kernel and initramfs through iPXE's SAN hook; the initramfs's
 open-iscsi logs in again with what the iBFT says (this boot session's initiator name and CHAP secret).
 The same system built with `--initramfs dracut` boots once by netroot: iPXE loads its version's kernel and
@@ -21,14 +24,14 @@ from collections.abc import Callable, Iterator, Sequence
 import pytest
 
 from broker.images.build import ROOT_START, netroot_cmdline
-from lab import realos
+from lab import realos, tls_wire
 from lab.bootio import BootIo
 from lab.build import cache_dir
-from lab.broker import BrokerDeployment, running
+from lab.broker import HTTPS_URL, BrokerDeployment, lab_tls, running
 from lab.deployment import Deployment, prepare_accounts, refused_logins
 from lab.ipxe_client import IpxeClient
 from lab.timeline import LOCAL_BOOT, NETROOT_BOOT, OS_BOOT, Timeline
-from lab.vm import CLIENT_SIDE, Lab
+from lab.vm import CLIENT_SIDE, GUEST_PORTS, Lab
 
 STORE = "/srv/btrfs/bootbroker-os"
 NETROOT = "netroot"  # the image booted by dracut's netroot: second in a student's disk menu ("other" has no version)
@@ -59,7 +62,7 @@ cmdline = "{netroot_cmdline(realos.root_uuid(dracut_image))}"
     # logs in to that record (a wildcard portal would report the lab VM's own 10.0.2.15).
     portal = f"{CLIENT_SIDE}:3260"
     with running(lab, STORE, advertise=portal, portal=portal, more_images=netroot_image, publish=publish,
-                 insecure_http=True, url=f"http://{CLIENT_SIDE}:8080") as deployed:
+                 url=HTTPS_URL, tls=lab_tls()) as deployed:
         yield deployed
 
 
@@ -112,7 +115,8 @@ def boot_os(workstation: IpxeClient, broker: BrokerDeployment, user: str,
     IQN, the root session's recovery_tmo). With `report`, the boot's phases (`milestones`) are printed,
     compared with `baseline`'s boot of the same firmware from a local disk; `timelines` keeps them by
     firmware."""
-    workstation.start(f"{broker.url}/boot.ipxe")
+    assert broker.tls is not None
+    workstation.pxe_boot(broker.tls.ipxe)
     at = workstation.log_in(user, broker.passwords[user])
     timeline = Timeline(workstation.screen, milestones, after=at)
     timeline.start()
@@ -128,6 +132,23 @@ def boot_os(workstation: IpxeClient, broker: BrokerDeployment, user: str,
         timelines.setdefault(workstation.firmware, timeline)
     (marked,) = realos.boots(workstation.screen()[at - len(realos.MARKER):])
     return marked
+
+
+def over_tls(workstation: IpxeClient) -> str:
+    """What the workstation's capture shows of its talk with the broker, checked: every connection TLS 1.2
+    with one of the broker's suites, each carrying its requests encrypted, nothing to the plain-HTTP port."""
+    assert workstation.capture is not None
+    connections = tls_wire.read_all(workstation.capture, GUEST_PORTS["broker"])
+    assert connections, "no TLS connection to the broker in the capture"
+    for handshake in connections:
+        assert handshake.version == 0x0303 and handshake.suite in tls_wire.SUITES, handshake
+        assert handshake.client.encrypted and handshake.client.application_bytes > 0
+    assert tls_wire.read_all(workstation.capture, GUEST_PORTS["http"]) == []
+    suites = sorted({handshake.suite_name for handshake in connections})
+    resumed = sum(handshake.resumed for handshake in connections)
+    return (f"  TLS: {len(connections)} connections to {HTTPS_URL}, TLS 1.2, {', '.join(suites)}; "
+            f"{len(connections) - resumed} full handshakes, {resumed} resumed; "
+            f"iPXE offered {len(connections[0].offered)} suites; nothing in clear")
 
 
 def heartbeats(workstation: IpxeClient, after: int = 0) -> list[int]:
@@ -172,8 +193,8 @@ def on_disk(helper: Deployment, user: str, path: str) -> str | None:
 def workstations(lab: Lab) -> Iterator[dict[str, IpxeClient]]:
     """The module's workstations, left running from one test to the next (a boot costs minutes)."""
     machines = {
-        "bios": IpxeClient(lab, "os-bios", firmware="bios", memory_mb=1024),
-        "uefi": IpxeClient(lab, "os-uefi", firmware="uefi", memory_mb=1024),
+        "bios": IpxeClient(lab, "os-bios", firmware="bios", memory_mb=1024, capture=True),
+        "uefi": IpxeClient(lab, "os-uefi", firmware="uefi", memory_mb=1024, capture=True),
     }
     try:
         yield machines
@@ -225,6 +246,7 @@ def test_her_os_boots_bios_then_uefi_with_its_writes_and_the_second_workstation_
     assert (count, booted_target) == (1, target)
     assert root.startswith("/dev/sd")  # the iSCSI disk, found by UUID
     assert recovery == "600"  # the image's udev rule gave the initramfs's session the long timeout
+    report(over_tls(first))
     (first_initiator, logged_in), = helper.initiators(target).items()
     assert logged_in  # the OS's own session from the iBFT: the same ACL iPXE used
 
@@ -232,6 +254,7 @@ def test_her_os_boots_bios_then_uefi_with_its_writes_and_the_second_workstation_
     # first workstation's ACL is gone, so it can write nothing more.
     count, _, booted_target, _ = boot_os(second, broker, "student1", report, local_boots, timelines=sanboots)
     assert (count, booted_target) == (2, target)
+    report(over_tls(second))
     (second_initiator, logged_in), = helper.initiators(target).items()
     assert second_initiator != first_initiator and logged_in
     # The first OS notices, and its iscsid logs in again with its old keys: to the fence the takeover left
@@ -332,7 +355,7 @@ def test_netroot_boots_her_disk_with_her_versions_own_kernel_and_initrd_from_the
     loaded = netroots["uefi"].seen.get("kernel and initrd read")
     through_grub = sanboots["uefi"].seen.get("kernel and initrd read") if "uefi" in sanboots else None
     if loaded is not None and through_grub is not None:
-        report(f"  kernel and initrd loaded {loaded:.1f} s after choosing the disk by netroot (iPXE over HTTP from "
+        report(f"  kernel and initrd loaded {loaded:.1f} s after choosing the disk by netroot (iPXE over HTTPS from "
                f"the broker), {through_grub:.1f} s by sanboot (GRUB through iPXE's SAN hook)")
 
 

@@ -214,6 +214,69 @@ def test_a_replaced_certificate_reaches_the_next_build(tree: tuple[Path, Path], 
 
 # --- refusals
 
+def tarball_of(source: Path, tarball: Path) -> Path:
+    subprocess.run(["tar", "-cJf", str(tarball), "-C", str(source.parent), source.name], check=True)
+    return tarball
+
+
+def test_a_release_tarball_is_unpacked_once_into_work_and_rebuilt_there(
+    tree: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source, cert = tree
+    tarball = tarball_of(source, tmp_path / "ipxe-2.0.0.tar.xz")
+    work = tmp_path / "work"
+    assert build.main(argv(tarball, cert, tmp_path / "out", "--work", str(work))) == 0
+    printed = capsys.readouterr().out
+    (unpacked,) = work.iterdir()
+    tree_in_work = unpacked / "ipxe"
+    assert f"unpacked into {tree_in_work}" in printed
+    assert (tree_in_work / "src" / "bin" / "cwd").read_text().strip() == str(tree_in_work / "src")
+    assert (tmp_path / "out" / "undionly.kpxe").read_text() == "bios\n"
+    assert not (source / "src" / "bin").exists()  # the tarball's tree was built, not the tree it was made from
+    # the next build finds the same tree (what make built there stays: a new certificate relinks)
+    (tree_in_work / "src" / "bin" / "kept").write_text("")
+    assert build.main(argv(tarball, cert, tmp_path / "out2", "--work", str(work), "--target", "bios")) == 0
+    assert "unpacked before in" in capsys.readouterr().out
+    assert [p.name for p in work.iterdir()] == [unpacked.name] and (tree_in_work / "src" / "bin" / "kept").exists()
+
+
+def test_a_tarball_unpacks_into_the_users_cache_by_default(
+    tree: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source, cert = tree
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert build.main(argv(tarball_of(source, tmp_path / "ipxe.tar.gz"), cert, tmp_path / "out")) == 0
+    (unpacked,) = (tmp_path / "cache" / "bootbroker" / "ipxe").iterdir()
+    assert unpacked.name.startswith("ipxe-") and (unpacked / "ipxe" / "src" / "bin" / "undionly.kpxe").exists()
+
+
+def test_a_tarball_that_is_not_one_tree_is_refused_and_leaves_nothing(
+    tree: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, cert = tree
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    (loose / "a").write_text("")
+    (loose / "b").write_text("")
+    tarball = tmp_path / "loose.tar.xz"
+    subprocess.run(["tar", "-cJf", str(tarball), "-C", str(loose), "a", "b"], check=True)
+    broken = tmp_path / "broken.tar.xz"
+    broken.write_bytes(b"not a tarball")
+    work = tmp_path / "work"
+    for bad, expected in ((tarball, "does not hold one top directory"), (broken, "tar could not unpack it")):
+        assert build.main(argv(bad, cert, tmp_path / "out", "--work", str(work))) == 2
+        assert expected in capsys.readouterr().err
+        assert list(work.iterdir()) == []
+    assert not (tmp_path / "out").exists()
+
+
+def test_work_is_refused_with_a_source_tree(tree: tuple[Path, Path], tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    source, cert = tree
+    assert build.main(argv(source, cert, tmp_path / "out", "--work", str(tmp_path / "w"))) == 2
+    assert "--work is for a tarball --source" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("change, expected", [
     ({"--source": "/nonexistent"}, "does not exist; point it at a clone of https://github.com/ipxe/ipxe"),
     ({"--source": "EMPTY"}, "is not an iPXE source tree (no src/Makefile and no src/config/general.h)"),
@@ -278,6 +341,6 @@ def test_insecure_http_is_allowed_only_when_asked_and_then_warned(tree: tuple[Pa
 def test_help_explains_the_options() -> None:
     done = subprocess.run([str(BUILD), "--help"], capture_output=True, text=True, check=False)
     assert done.returncode == 0
-    for option in ("--source", "--url", "--trust", "--target", "--output", "--jobs", "--insecure-http",
+    for option in ("--source", "--work", "tarball", "--url", "--trust", "--target", "--output", "--jobs", "--insecure-http",
                    "EMBED=", "TRUST=", "DOWNLOAD_PROTO_HTTPS", "liblzma-dev", "Exit status"):
         assert option in done.stdout

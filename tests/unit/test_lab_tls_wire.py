@@ -60,3 +60,33 @@ def test_refuses_what_is_not_a_pcap(tmp_path: Path) -> None:
     capture.write_bytes(b"\x0a\x0d\x0d\x0a" + bytes(40))  # pcapng
     with pytest.raises(ValueError, match="not a little-endian pcap"):
         tls_wire.read(capture, SERVER_PORT)
+
+
+def test_reads_every_connection_and_tells_a_resumed_session_from_a_full_handshake(tmp_path: Path) -> None:
+    def hello(session: bytes) -> bytes:
+        return handshake(1, b"\x03\x03" + bytes(32) + bytes([len(session)]) + session
+                         + struct.pack(">HH", 2, 0xC02F) + b"\x01\x00")
+
+    def server_hello(session: bytes) -> bytes:
+        return handshake(2, b"\x03\x03" + bytes(32) + bytes([len(session)]) + session
+                         + struct.pack(">H", 0xC02F) + b"\x00")
+
+    session = bytes(range(32))
+    full = record(22, server_hello(session) + handshake(11, b"cert") + handshake(14, b""))
+    # resumed: ServerHello, then at once ChangeCipherSpec and the encrypted Finished; then the answer
+    resumed = record(22, server_hello(session)) + record(20, b"\x01") + record(22, bytes(40)) + record(23, bytes(300))
+    capture = tmp_path / "net.pcap"
+    capture.write_bytes(pcap([
+        frame(CLIENT_PORT, SERVER_PORT, 1, record(22, hello(b""))),
+        frame(SERVER_PORT, CLIENT_PORT, 1, full),
+        frame(CLIENT_PORT + 1, SERVER_PORT, 1, record(22, hello(session))),
+        frame(SERVER_PORT, CLIENT_PORT + 1, 1, resumed),
+        frame(CLIENT_PORT + 1, SERVER_PORT, 1 + 5 + len(hello(session)),
+              record(20, b"\x01") + record(22, bytes(40)) + record(23, bytes(120))),
+    ]))
+    first, second = tls_wire.read_all(capture, SERVER_PORT)
+    assert not first.resumed and first.server.handshakes == ["ServerHello", "Certificate", "ServerHelloDone"]
+    assert first.client.application_bytes == 0 and not first.client.encrypted
+    assert second.resumed and second.suite_name == "ECDHE-RSA-AES128-GCM-SHA256"
+    assert (second.client.application_bytes, second.server.application_bytes) == (120, 300)
+    assert tls_wire.read(capture, SERVER_PORT) == first
