@@ -37,15 +37,7 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from broker.boot import BootFlow  # noqa: E402
-from broker.config import parse  # noqa: E402
-from broker.caps import ConnectionCap  # noqa: E402
-from broker.edge import GuardedSite, handler_args  # noqa: E402
-from broker.limiter import LoginLimiter  # noqa: E402
-from broker.scripts import ScriptRenderer  # noqa: E402
-from broker.tokens import TokenSigner  # noqa: E402
-from broker.web import make_app  # noqa: E402
-from stand_ins import NoHelper, PlainAccounts  # noqa: E402  benchmarks/stand_ins.py: run as python benchmarks/NAME.py
+from stand_ins import benchmark_config, start_broker  # noqa: E402  benchmarks/stand_ins.py: run as python benchmarks/NAME.py
 
 
 class CountingAuthenticator:
@@ -71,31 +63,10 @@ class Scenario:
     sent: int = 0
 
 
-def config(window: float, connections_per_address: int) -> Any:
-    return parse({
-        "store": {"path": "/srv/bootbroker"},
-        "iscsi": {"domain": "lab.example.org", "date": "2026-11", "portals": ["192.0.2.10:3260"]},
-        # Only the window is changed (for a quick run); the counts and the tarpit are the defaults.
-        "broker": {"url": "https://boot.example.org", "limits": {"window": window},
-                   "connections_per_address": connections_per_address},
-        "images": {"demo": {"description": "Demo disk", "users": ["*"]}},
-    }, "benchmark")
-
-
-async def start_broker(scenario: Scenario, window: float, connections: int) -> tuple[web.AppRunner, int]:
-    cfg = config(window, connections_per_address=max(32, connections))
-    broker = cfg.broker
-    assert broker is not None
-    helper = NoHelper()
-    flow = BootFlow(cfg, broker, scenario.authenticator, helper, PlainAccounts(), ScriptRenderer(),
-                    TokenSigner(broker.token_ttl), LoginLimiter(broker.limits))
-    args = handler_args(broker.request_timeout)
-    runner = web.AppRunner(make_app(flow, helper), **args)
-    await runner.setup()
-    site = GuardedSite(runner, "127.0.0.1", 0, args=args, cap=ConnectionCap(broker.connections_per_address),
-                       request_timeout=broker.request_timeout)
-    await site.start()
-    return runner, site.port
+async def start_limited_broker(scenario: Scenario, window: float, connections: int) -> tuple[web.AppRunner, int]:
+    # Only the window is changed (for a quick run); the counts and the tarpit are the defaults.
+    cfg = benchmark_config(limits={"window": window}, connections_per_address=max(32, connections))
+    return await start_broker(cfg, scenario.authenticator)
 
 
 def basic(user: str, password: str) -> dict[str, str]:
@@ -177,7 +148,7 @@ async def main(argv: list[str] | None = None) -> int:
     runners = []
     ports = []
     for scenario in scenarios:
-        runner, port = await start_broker(scenario, args.window, args.connections)
+        runner, port = await start_limited_broker(scenario, args.window, args.connections)
         runners.append(runner)
         ports.append(port)
     started = time.monotonic()

@@ -36,15 +36,7 @@ from aiohttp import web
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from broker import pam_auth  # noqa: E402
-from broker.boot import BootFlow  # noqa: E402
-from broker.config import parse  # noqa: E402
-from broker.caps import ConnectionCap  # noqa: E402
-from broker.edge import GuardedSite, handler_args  # noqa: E402
-from broker.limiter import LoginLimiter  # noqa: E402
-from broker.scripts import ScriptRenderer  # noqa: E402
-from broker.tokens import TokenSigner  # noqa: E402
-from broker.web import make_app  # noqa: E402
-from stand_ins import NoHelper, PlainAccounts  # noqa: E402  benchmarks/stand_ins.py: run as python benchmarks/NAME.py
+from stand_ins import benchmark_config, start_broker  # noqa: E402  benchmarks/stand_ins.py: run as python benchmarks/NAME.py
 
 GOOD_PASSWORD = "the-right-one"
 
@@ -66,26 +58,12 @@ class PamUnixLike:
         return False
 
 
-async def start_broker(concurrency: int) -> tuple[web.AppRunner, int, pam_auth.PamAuthenticator]:
-    cfg = parse({
-        "store": {"path": "/srv/bootbroker"},
-        "iscsi": {"domain": "lab.example.org", "date": "2026-11", "portals": ["192.0.2.10:3260"]},
-        "broker": {"url": "https://boot.example.org", "pam_concurrency": concurrency},  # default limits
-        "images": {"demo": {"description": "Demo disk", "users": ["*"]}},
-    }, "benchmark")
-    broker = cfg.broker
-    assert broker is not None
-    authenticator = pam_auth.PamAuthenticator("bootbroker", broker.pam_concurrency)
-    helper = NoHelper()
-    flow = BootFlow(cfg, broker, authenticator, helper, PlainAccounts(), ScriptRenderer(),
-                    TokenSigner(broker.token_ttl), LoginLimiter(broker.limits))
-    args = handler_args(broker.request_timeout)
-    runner = web.AppRunner(make_app(flow, helper), **args)
-    await runner.setup()
-    site = GuardedSite(runner, "127.0.0.1", 0, args=args, cap=ConnectionCap(broker.connections_per_address),
-                       request_timeout=broker.request_timeout)
-    await site.start()
-    return runner, site.port, authenticator
+async def start_pam_broker(concurrency: int) -> tuple[web.AppRunner, int, pam_auth.PamAuthenticator]:
+    cfg = benchmark_config(pam_concurrency=concurrency)  # default limits
+    assert cfg.broker is not None
+    authenticator = pam_auth.PamAuthenticator("bootbroker", cfg.broker.pam_concurrency)
+    runner, port = await start_broker(cfg, authenticator)
+    return runner, port, authenticator
 
 
 def basic(user: str, password: str) -> dict[str, str]:
@@ -166,7 +144,7 @@ async def main(argv: list[str] | None = None) -> int:
     PamUnixLike.hash_seconds, PamUnixLike.fail_delay = args.hash, args.fail_delay
     pam.pam = PamUnixLike  # what pam_auth calls for a handle
 
-    runner, port, authenticator = await start_broker(args.pam_concurrency)
+    runner, port, authenticator = await start_pam_broker(args.pam_concurrency)
     url = f"http://127.0.0.1:{port}/login.ipxe"
     statuses: Counter[int] = Counter()
     print(f"PAM flood: {args.flood} wrong guesses in flight from {args.addresses} addresses, a good login every "

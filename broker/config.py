@@ -30,6 +30,8 @@ class BackendKind(StrEnum):
     DM_SNAPSHOT = "dm-snapshot"
 
 
+KEY_TYPES = ("rsa", "ecdsa")  # [broker] key_type: a generated certificate's key, RSA-2048 or ECDSA P-256
+
 @dataclass(frozen=True)
 class Portal:
     host: str
@@ -123,6 +125,7 @@ class BrokerConfig:
     names: tuple[str, ...]  # the certificate's names: the URL's host first, then the extra names
     certificate: Path
     key: Path
+    key_type: str  # the key a generated certificate gets: "rsa" (every iPXE) or "ecdsa" (iPXE 2.0+)
     pam_service: str
     pam_concurrency: int
     token_ttl: int  # seconds a menu's boot links stay valid
@@ -326,7 +329,7 @@ def _url(r: _Reader, text: str | None, insecure_http: bool) -> tuple[str, str]:
 
 def _broker(r: _Reader, table: dict[str, Any]) -> BrokerConfig:
     r.unknown_keys("broker", table, {
-        "url", "listen", "names", "certificate", "key", "pam_service", "pam_concurrency", "token_ttl",
+        "url", "listen", "names", "certificate", "key", "key_type", "pam_service", "pam_concurrency", "token_ttl",
         "menu_timeout", "insecure_http", "limits", "templates", "request_timeout", "connections_per_address",
     })
     insecure_http = r.value("broker", table, "insecure_http", bool, False)
@@ -345,6 +348,10 @@ def _broker(r: _Reader, table: dict[str, Any]) -> BrokerConfig:
     if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,63}", pam_service):
         r.problems.append(f"[broker] pam_service: {pam_service!r} is not a PAM service name (a file in /etc/pam.d)")
     templates_text = r.value("broker", table, "templates", str, "")
+    key_type = r.value("broker", table, "key_type", str, "rsa")
+    if key_type not in KEY_TYPES:
+        r.problems.append(f"[broker] key_type: {key_type!r} is not one of {', '.join(map(repr, KEY_TYPES))} "
+                          "(rsa serves every iPXE with HTTPS; ecdsa costs the server less but needs iPXE 2.0)")
     limits_t = table.get("limits", {})
     if not isinstance(limits_t, dict):
         r.problems.append("[broker.limits] must be a table")
@@ -362,6 +369,7 @@ def _broker(r: _Reader, table: dict[str, Any]) -> BrokerConfig:
         names=tuple(names),
         certificate=_absolute_path(r, "broker", "certificate", r.value("broker", table, "certificate", str, "/var/lib/bootbroker/tls/broker.crt")),
         key=_absolute_path(r, "broker", "key", r.value("broker", table, "key", str, "/var/lib/bootbroker/tls/broker.key")),
+        key_type=key_type,
         pam_service=pam_service,
         pam_concurrency=_positive(r, "broker", table, "pam_concurrency", 4),
         token_ttl=_positive(r, "broker", table, "token_ttl", 300),

@@ -113,7 +113,7 @@ async def run(config: Config, broker: BrokerConfig) -> None:
             "in clear text. This switch exists for the VM lab only."
         )
     else:
-        certificate = ensure_certificate(broker.certificate, broker.key, broker.names)  # logs when it generates
+        certificate = ensure_certificate(broker.certificate, broker.key, broker.names, broker.key_type)  # logs when it generates
         print(describe(certificate), file=sys.stderr)
         ssl_context = server_context(certificate)
     args = handler_args(broker.request_timeout)

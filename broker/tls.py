@@ -2,18 +2,23 @@
 
 iPXE's TLS is small, and the suite list is exactly what it has, strongest first:
 
+- ECDHE-ECDSA with AES-GCM, then AES-CBC and SHA-256/384: iPXE 2.0 (2026), for an ECDSA certificate;
 - ECDHE-RSA with AES-GCM: iPXE builds from 2022 on;
 - ECDHE-RSA with AES-CBC and SHA-256/384: the same builds;
 - RSA key exchange with AES-GCM;
 - RSA key exchange with AES-CBC-SHA256: older builds (Debian 12's among them) have only these and the
   SHA-1 variants, so they are what every iPXE with HTTPS can fall back to.
 
+OpenSSL offers only the suites the certificate's key can sign: an RSA certificate serves every iPXE with
+HTTPS; an ECDSA one (P-256, far cheaper per handshake: benchmarks/tls_handshakes.py) serves iPXE 2.0 and
+later only. The key type is chosen when the certificate is generated (`[broker] key_type`).
+
 Nothing weaker is offered to anyone: no SHA-1 MAC (so no AES-CBC-SHA, though old iPXE has it too), no
 3DES, RC4, NULL, anonymous or PSK suites, nothing below TLS 1.2. TLS 1.3 stays on for curl and monitoring.
 The security level is pinned to 2 (what Debian builds OpenSSL with) rather than inherited from the host:
-every suite above works at it with an RSA-2048 key, while level 3 would drop the RSA key-exchange suites
-and need a 3072-bit key, which firmware is slow with. The key exchange of those suites also needs
-keyEncipherment in the certificate's key usage.
+every suite above works at it with an RSA-2048 or P-256 key, while level 3 would drop the RSA key-exchange
+suites and need a 3072-bit RSA key, which firmware is slow with. The key exchange of those suites also
+needs keyEncipherment in an RSA certificate's key usage.
 
 The certificate is self-signed and generated on first start for the configured names; workstations
 trust it because iPXE is built with `TRUST=` this certificate (see ipxe/README.md).
@@ -33,7 +38,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .errors import ConfigError
@@ -42,8 +47,11 @@ from .files import write_atomically
 log = logging.getLogger(__name__)
 
 DEFAULT_KEY_BITS = 2048  # iPXE handles RSA-2048 well; larger keys are slow in firmware
+ECDSA_CURVES = {"secp256r1": "P-256", "secp384r1": "P-384"}  # the curves iPXE 2.0 verifies signatures on
 VALID_DAYS = 3650
 CIPHERS = ":".join((
+    "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-ECDSA-AES128-GCM-SHA256",  # iPXE 2.0, ECDSA certificate
+    "ECDHE-ECDSA-AES256-SHA384", "ECDHE-ECDSA-AES128-SHA256",
     "ECDHE-RSA-AES256-GCM-SHA384", "ECDHE-RSA-AES128-GCM-SHA256",  # iPXE 2022+
     "ECDHE-RSA-AES256-SHA384", "ECDHE-RSA-AES128-SHA256",
     "AES256-GCM-SHA384", "AES128-GCM-SHA256",
@@ -59,6 +67,7 @@ class ServerCertificate:
     key: Path
     fingerprint: str  # SHA-256 of the DER certificate, as `openssl x509 -fingerprint -sha256` prints it
     names: tuple[str, ...]  # the DNS names and addresses in its subjectAltName, in its order
+    key_type: str  # "RSA-2048", "ECDSA P-256", ...: what the key is, for people and logs
     generated: bool  # made by this call
 
 
@@ -112,8 +121,24 @@ def _make_directories(directory: Path) -> None:
         path.mkdir(mode=0o700, exist_ok=True)
 
 
-def _generate(certificate: Path, key: Path, names: Sequence[str]) -> ServerCertificate:
-    private = rsa.generate_private_key(public_exponent=65537, key_size=DEFAULT_KEY_BITS)
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+
+
+def _new_key(key_type: str) -> PrivateKey:
+    if key_type == "ecdsa":
+        return ec.generate_private_key(ec.SECP256R1())
+    return rsa.generate_private_key(public_exponent=65537, key_size=DEFAULT_KEY_BITS)
+
+
+def _describe_key(private: PrivateKey) -> str:
+    if isinstance(private, rsa.RSAPrivateKey):
+        return f"RSA-{private.key_size}"
+    return f"ECDSA {ECDSA_CURVES.get(private.curve.name, private.curve.name)}"
+
+
+def _generate(certificate: Path, key: Path, names: Sequence[str], key_type: str) -> ServerCertificate:
+    private = _new_key(key_type)
+    rsa_key = isinstance(private, rsa.RSAPrivateKey)
     now = datetime.datetime.now(datetime.timezone.utc)
     # iPXE and browsers match the SAN; the CN is only a label, and X.509 caps it at 64 characters.
     label = names[0] if len(names[0]) <= _CN_MAX else "bootbroker"
@@ -129,9 +154,9 @@ def _generate(certificate: Path, key: Path, names: Sequence[str]) -> ServerCerti
         .add_extension(x509.SubjectAlternativeName([_general_name(n) for n in names]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            # keyEncipherment: the RSA key-exchange suites that old iPXE builds use need it.
+            # keyEncipherment: the RSA key-exchange suites that old iPXE builds use need it (RSA keys only).
             x509.KeyUsage(
-                digital_signature=True, key_encipherment=True, content_commitment=False, data_encipherment=False,
+                digital_signature=True, key_encipherment=rsa_key, content_commitment=False, data_encipherment=False,
                 key_agreement=False, key_cert_sign=False, crl_sign=False, encipher_only=False, decipher_only=False,
             ),
             critical=True,
@@ -155,11 +180,11 @@ def _generate(certificate: Path, key: Path, names: Sequence[str]) -> ServerCerti
             f"cannot write the new certificate and key ({e}); the broker's user needs write access to "
             f"{certificate.parent} and {key.parent}, or set [broker] certificate and key"
         ]) from None
-    log.info("generated a self-signed certificate %s for %s", certificate, ", ".join(names))
-    return ServerCertificate(certificate, key, _fingerprint(cert), _san_names(cert), generated=True)
+    log.info("generated a self-signed %s certificate %s for %s", _describe_key(private), certificate, ", ".join(names))
+    return ServerCertificate(certificate, key, _fingerprint(cert), _san_names(cert), _describe_key(private), generated=True)
 
 
-def _load(certificate: Path, key: Path, names: Sequence[str]) -> ServerCertificate:
+def _load(certificate: Path, key: Path, names: Sequence[str], key_type: str) -> ServerCertificate:
     try:
         info = key.stat()
         key_pem = key.read_bytes()
@@ -186,19 +211,29 @@ def _load(certificate: Path, key: Path, names: Sequence[str]) -> ServerCertifica
             f"not an unencrypted PEM private key; restore it, or delete it and {certificate} and restart to "
             "have both generated again"
         ]) from None
-    public = cert.public_key()
-    if not isinstance(private, rsa.RSAPrivateKey) or not isinstance(public, rsa.RSAPublicKey):
-        raise ConfigError(str(key), ["the key and certificate must be RSA (the only keys iPXE handles)"])
-    if private.public_key().public_numbers() != public.public_numbers():
+    if not (isinstance(private, rsa.RSAPrivateKey)
+            or isinstance(private, ec.EllipticCurvePrivateKey) and private.curve.name in ECDSA_CURVES):
+        raise ConfigError(str(key), [
+            "the key must be RSA or ECDSA on P-256 or P-384 (the keys iPXE verifies); restore the right one, "
+            f"or delete it and {certificate} and restart to have both generated again"
+        ])
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if private.public_key().public_bytes(*spki) != cert.public_key().public_bytes(*spki):
         raise ConfigError(str(key), [
             f"this key does not belong to {certificate}; restore the matching pair, or delete both and "
             "restart to have a new pair generated"
         ])
-    if private.key_size < DEFAULT_KEY_BITS:
+    if isinstance(private, rsa.RSAPrivateKey) and private.key_size < DEFAULT_KEY_BITS:
         raise ConfigError(str(key), [
             f"an RSA-{private.key_size} key is too small for TLS security level 2; use RSA-{DEFAULT_KEY_BITS}, "
             "or delete both files and restart to have a new pair generated"
         ])
+    if ("rsa" if isinstance(private, rsa.RSAPrivateKey) else "ecdsa") != key_type:
+        log.warning(
+            "certificate %s has an %s key while key_type is %s; it is kept. To change it, delete it and %s "
+            "and restart, then rebuild iPXE with TRUST= the new certificate",
+            certificate, _describe_key(private), key_type, key,
+        )
     present = _san_names(cert)
     missing = [n for n in names if not any(_same_name(n, p) for p in present)]
     if missing:
@@ -208,7 +243,7 @@ def _load(certificate: Path, key: Path, names: Sequence[str]) -> ServerCertifica
             "certificate)",
             certificate, ", ".join(missing), ", ".join(present) or "nothing", key,
         )
-    return ServerCertificate(certificate, key, _fingerprint(cert), present, generated=False)
+    return ServerCertificate(certificate, key, _fingerprint(cert), present, _describe_key(private), generated=False)
 
 
 def _exists(path: Path) -> bool:
@@ -218,17 +253,18 @@ def _exists(path: Path) -> bool:
         raise ConfigError(str(path), [f"cannot look at it ({e.strerror}); the broker's user needs access"]) from None
 
 
-def ensure_certificate(certificate: Path, key: Path, names: Sequence[str]) -> ServerCertificate:
+def ensure_certificate(certificate: Path, key: Path, names: Sequence[str], key_type: str = "rsa") -> ServerCertificate:
     """The broker's certificate: loaded and checked when both files exist, generated for `names` (DNS
-    names or IP addresses, the first also its CN) when neither does. An existing certificate is never
-    replaced; names it lacks are logged as a warning. Raises ConfigError saying what to fix otherwise."""
+    names or IP addresses, the first also its CN) with a `key_type` key ("rsa" or "ecdsa") when neither
+    does. An existing certificate is never replaced; names it lacks, or a key of another type than
+    `key_type`, are logged as a warning. Raises ConfigError saying what to fix otherwise."""
     if not names:
         raise ConfigError(str(certificate), ["no names to put in the certificate; set [broker] url"])
     have_cert, have_key = _exists(certificate), _exists(key)
     if have_cert and have_key:
-        return _load(certificate, key, names)
+        return _load(certificate, key, names, key_type)
     if not have_cert and not have_key:
-        return _generate(certificate, key, _unique(names))
+        return _generate(certificate, key, _unique(names), key_type)
     present, absent = (certificate, key) if have_cert else (key, certificate)
     raise ConfigError(str(absent), [
         f"missing while {present} exists; restore it, or delete {present} and restart to have both generated again"
@@ -250,7 +286,7 @@ def server_context(cert: ServerCertificate) -> ssl.SSLContext:
 
 def describe(cert: ServerCertificate) -> str:
     return "\n".join((
-        f"certificate {cert.certificate}",
+        f"certificate {cert.certificate} ({cert.key_type})",
         f"  names: {', '.join(cert.names)}",
         f"  SHA-256 fingerprint: {cert.fingerprint}",
         f"  build the workstations' iPXE with TRUST={cert.certificate} so they can verify it (see ipxe/README.md)",

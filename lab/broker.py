@@ -277,10 +277,10 @@ class LabTls:
     ipxe: Path
 
 
-def lab_tls(name: str = "broker") -> LabTls:
-    """The lab's broker certificate `name` (kept in the lab cache) and its iPXE (built by ipxe/build.py the
-    first time, then cached)."""
-    certificate = lab_certificate(name, TLS_NAMES)
+def lab_tls(name: str = "broker", key_type: str = "rsa") -> LabTls:
+    """The lab's broker certificate `name` (kept in the lab cache; a `key_type` key when it is made) and
+    its iPXE (built by ipxe/build.py the first time, then cached)."""
+    certificate = lab_certificate(name, TLS_NAMES, key_type)
     return LabTls(certificate, ensure_ipxe(HTTPS_URL, certificate.certificate))
 
 

@@ -44,11 +44,13 @@ def tarball() -> Path:
     return path
 
 
-def lab_certificate(name: str, names: tuple[str, ...], cache: Path | None = None) -> ServerCertificate:
+def lab_certificate(name: str, names: tuple[str, ...], key_type: str = "rsa",
+                    cache: Path | None = None) -> ServerCertificate:
     """A broker certificate and key kept in the lab cache under `name` (made by the broker's own generator
-    the first time, for `names`), so the iPXE builds that trust it are reused between runs."""
+    the first time, for `names`, with a `key_type` key), so the iPXE builds that trust it are reused
+    between runs."""
     directory = (cache or cache_dir()) / "lab-tls"
-    return ensure_certificate(directory / f"{name}.crt", directory / f"{name}.key", list(names))
+    return ensure_certificate(directory / f"{name}.crt", directory / f"{name}.key", list(names), key_type)
 
 
 def ensure_ipxe(url: str, certificate: Path, cache: Path | None = None) -> Path:

@@ -21,6 +21,23 @@ SUITES = {
     0xC02C: "ECDHE-ECDSA-AES256-GCM-SHA384", 0xC02B: "ECDHE-ECDSA-AES128-GCM-SHA256",
     0xC024: "ECDHE-ECDSA-AES256-SHA384", 0xC023: "ECDHE-ECDSA-AES128-SHA256",
 }
+# What iPXE 2.0 offers in its ClientHello, in its order (src/crypto/mishmash: each suite's
+# __tls_cipher_suite preference, ECDSA before RSA at the same one), by IANA number and OpenSSL name; the
+# lab's TLS test checks it against a real ClientHello, and benchmarks/tls_handshakes.py offers the same.
+IPXE_2_OFFERS = {
+    0xC02B: "ECDHE-ECDSA-AES128-GCM-SHA256", 0xC02F: "ECDHE-RSA-AES128-GCM-SHA256",
+    0xC02C: "ECDHE-ECDSA-AES256-GCM-SHA384", 0xC030: "ECDHE-RSA-AES256-GCM-SHA384",
+    0xC023: "ECDHE-ECDSA-AES128-SHA256", 0xC027: "ECDHE-RSA-AES128-SHA256",
+    0xC024: "ECDHE-ECDSA-AES256-SHA384", 0xC028: "ECDHE-RSA-AES256-SHA384",
+    0xC009: "ECDHE-ECDSA-AES128-SHA", 0xC013: "ECDHE-RSA-AES128-SHA",
+    0xC00A: "ECDHE-ECDSA-AES256-SHA", 0xC014: "ECDHE-RSA-AES256-SHA",
+    0x009E: "DHE-RSA-AES128-GCM-SHA256", 0x009F: "DHE-RSA-AES256-GCM-SHA384",
+    0x0067: "DHE-RSA-AES128-SHA256", 0x006B: "DHE-RSA-AES256-SHA256",
+    0x0033: "DHE-RSA-AES128-SHA", 0x0039: "DHE-RSA-AES256-SHA",
+    0x009C: "AES128-GCM-SHA256", 0x009D: "AES256-GCM-SHA384",
+    0x003C: "AES128-SHA256", 0x003D: "AES256-SHA256",
+    0x002F: "AES128-SHA", 0x0035: "AES256-SHA",
+}
 HANDSHAKES = {
     1: "ClientHello", 2: "ServerHello", 11: "Certificate", 12: "ServerKeyExchange", 13: "CertificateRequest",
     14: "ServerHelloDone", 16: "ClientKeyExchange", 20: "Finished",

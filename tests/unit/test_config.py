@@ -84,7 +84,7 @@ def test_the_broker_section_has_sane_defaults() -> None:
     assert broker.host == "boot.example.org" and broker.names == ("boot.example.org",)
     assert [(x.host, x.port) for x in broker.listen] == [("0.0.0.0", 443)]
     assert broker.pam_service == "bootbroker" and not broker.insecure_http
-    assert str(broker.key) == "/var/lib/bootbroker/tls/broker.key"
+    assert str(broker.key) == "/var/lib/bootbroker/tls/broker.key" and broker.key_type == "rsa"
     assert broker.limits.failure_delay == 2.0
 
 
@@ -118,15 +118,16 @@ def test_broker_problems_are_all_reported() -> None:
     data["broker"] = {
         "url": "https://boot.example.org", "listen": ["nowhere"], "names": ["bad name!"],
         "pam_service": "../etc/shadow", "token_ttl": 0, "limits": {"failure_delay": -1, "typo": 1},
-        "certificate": "relative.crt",
+        "certificate": "relative.crt", "key_type": "dsa",
     }
     with pytest.raises(ConfigError) as info:
         parse(data)
     text = str(info.value)
     for expected in ("listen: 'nowhere'", "names: 'bad name!'", "pam_service", "token_ttl", "failure_delay",
-                     "typo: unknown key", "certificate: must be an absolute path"):
+                     "typo: unknown key", "certificate: must be an absolute path",
+                     "key_type: 'dsa' is not one of 'rsa', 'ecdsa'"):
         assert expected in text
-    assert len(info.value.problems) == 7
+    assert len(info.value.problems) == 8
 
 
 def test_every_image_says_who_may_boot_it() -> None:

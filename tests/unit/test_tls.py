@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
 import socket
@@ -17,7 +19,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 import broker.tls
 from broker.errors import ConfigError
-from broker.tls import CIPHERS, describe, ensure_certificate, server_context
+from broker.tls import CIPHERS, ServerCertificate, describe, ensure_certificate, server_context
 
 NAMES = ["boot.example.org", "192.0.2.5", "2001:db8::5"]
 
@@ -68,6 +70,42 @@ def test_the_certificate_is_what_ipxe_needs(tmp_path: Path) -> None:
     ]
     lifetime = loaded.not_valid_after_utc - loaded.not_valid_before_utc
     assert 3650 <= lifetime.days <= 3652
+
+
+def test_an_ecdsa_certificate_for_ipxe_2(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "broker.tls")
+    cert = ensure_certificate(*pair(tmp_path), NAMES, key_type="ecdsa")
+    assert cert.generated and cert.key_type == "ECDSA P-256"
+    text = openssl_x509(cert.certificate, "-text")
+    assert "ASN1 OID: prime256v1" in text and "Signature Algorithm: ecdsa-with-SHA256" in text
+    loaded = x509.load_pem_x509_certificate(cert.certificate.read_bytes())
+    usage = loaded.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert usage.digital_signature and not usage.key_encipherment  # an EC key encrypts nothing
+    assert "generated a self-signed ECDSA P-256 certificate" in caplog.text
+    again = ensure_certificate(*pair(tmp_path), NAMES, key_type="ecdsa")
+    assert not again.generated and again.fingerprint == cert.fingerprint and again.key_type == "ECDSA P-256"
+    assert "(ECDSA P-256)" in describe(again).splitlines()[0]
+
+
+def test_a_certificate_of_another_key_type_is_kept_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    first = ensure_certificate(*pair(tmp_path), NAMES)  # RSA, then the site sets key_type = "ecdsa"
+    again = ensure_certificate(*pair(tmp_path), NAMES, key_type="ecdsa")
+    assert again.fingerprint == first.fingerprint and again.key_type == "RSA-2048"
+    warning = next(r for r in caplog.records if "key_type" in r.getMessage())
+    assert warning.levelname == "WARNING"
+    assert "has an RSA-2048 key while key_type is ecdsa; it is kept" in warning.getMessage()
+    assert "rebuild iPXE with TRUST=" in warning.getMessage()
+
+
+def test_a_key_ipxe_cannot_verify_is_refused(tmp_path: Path) -> None:
+    cert_path, key_path = pair(tmp_path)
+    key_path.parent.mkdir(mode=0o700)
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-521", "-nodes",
+                    "-subj", "/CN=boot.example.org", "-keyout", str(key_path), "-out", str(cert_path)],
+                   capture_output=True, check=True)
+    key_path.chmod(0o600)
+    with pytest.raises(ConfigError, match="must be RSA or ECDSA on P-256 or P-384"):
+        ensure_certificate(cert_path, key_path, NAMES)
 
 
 def test_a_second_start_loads_the_same_certificate(tmp_path: Path) -> None:
@@ -204,6 +242,8 @@ def test_the_cipher_string_is_exactly_the_ipxe_suites() -> None:
     listed = subprocess.run(["openssl", "ciphers", "-v", CIPHERS], capture_output=True, text=True, check=True).stdout
     tls12 = [line.split() for line in listed.splitlines() if " TLSv1.2 " in line]
     assert [row[0] for row in tls12] == [
+        "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-SHA384", "ECDHE-ECDSA-AES128-SHA256",
         "ECDHE-RSA-AES256-GCM-SHA384", "ECDHE-RSA-AES128-GCM-SHA256",
         "ECDHE-RSA-AES256-SHA384", "ECDHE-RSA-AES128-SHA256",
         "AES256-GCM-SHA384", "AES128-GCM-SHA256",
@@ -223,10 +263,10 @@ def test_the_context_settings(tmp_path: Path) -> None:
     assert context.options & wanted == wanted
 
 
-@pytest.fixture(scope="module")
-def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    """A TLS server on loopback with the broker's context; each connection is handshaken, greeted and closed."""
-    cert = ensure_certificate(*pair(tmp_path_factory.mktemp("srv")), ["127.0.0.1"])
+@contextlib.contextmanager
+def serving(cert: ServerCertificate) -> Iterator[int]:
+    """A TLS server on loopback with the broker's context for `cert`; each connection is handshaken,
+    greeted and closed. Yields its port."""
     context = server_context(cert)
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(0.2)  # how often the loop looks at `stop`
@@ -247,10 +287,24 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    yield listener.getsockname()[1]
-    stop.set()
-    thread.join()
-    listener.close()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    with serving(ensure_certificate(*pair(tmp_path_factory.mktemp("srv")), ["127.0.0.1"])) as port:
+        yield port
+
+
+@pytest.fixture(scope="module")
+def ecdsa_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    with serving(ensure_certificate(*pair(tmp_path_factory.mktemp("srv")), ["127.0.0.1"], key_type="ecdsa")) as port:
+        yield port
 
 
 def s_client(port: int, *options: str) -> tuple[str, str | None, str | None]:
@@ -285,6 +339,30 @@ def test_the_suites_ipxe_has_negotiate(tls_server: int, cipher: str) -> None:
 def test_the_server_picks_the_strongest_suite_the_client_has(tls_server: int) -> None:
     output, _, negotiated = s_client(tls_server, "-tls1_2", "-cipher", "AES128-SHA256:AES256-GCM-SHA384:ECDHE-RSA-AES128-SHA256")
     assert negotiated == "ECDHE-RSA-AES128-SHA256", output
+
+
+@pytest.mark.parametrize("cipher", [
+    "ECDHE-ECDSA-AES256-GCM-SHA384",  # iPXE 2.0 with an ECDSA certificate
+    "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-SHA384",
+    "ECDHE-ECDSA-AES128-SHA256",
+])
+def test_the_ecdsa_suites_negotiate_with_an_ecdsa_certificate(ecdsa_server: int, cipher: str) -> None:
+    output, protocol, negotiated = s_client(ecdsa_server, "-tls1_2", "-cipher", f"{cipher}:@SECLEVEL=2")
+    assert (protocol, negotiated) == ("TLSv1.2", cipher), output
+    assert "#!ipxe" in output
+
+
+def test_an_ecdsa_certificate_serves_no_client_without_ecdsa(ecdsa_server: int) -> None:
+    # What an iPXE older than 2.0 offers: the RSA suites only. The server has no certificate for them.
+    output, protocol, negotiated = s_client(ecdsa_server, "-tls1_2", "-cipher", "ECDHE-RSA-AES128-GCM-SHA256:AES128-SHA256")
+    assert (protocol, negotiated) == (None, None), output
+    assert "alert handshake failure" in output, output
+
+
+def test_an_rsa_certificate_ignores_the_ecdsa_suites_offered_first(tls_server: int) -> None:
+    output, _, negotiated = s_client(tls_server, "-tls1_2", "-cipher", "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES128-GCM-SHA256")
+    assert negotiated == "ECDHE-RSA-AES128-GCM-SHA256", output
 
 
 def test_tls_1_3_stays_on_for_other_clients(tls_server: int) -> None:
