@@ -222,13 +222,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="build.py",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Compile iPXE for bootbroker from an iPXE source tree.\n\n"
+        description="Compile iPXE for bootbroker from iPXE's source: a clone or a release tarball.\n\n"
                     "The binaries get: the embedded script ipxe/embed.ipxe (EMBED=), which does dhcp and chains\n"
                     "URL/boot.ipxe; the broker's certificate as the only trusted root (TRUST=); HTTPS, switched on\n"
                     "by #define DOWNLOAD_PROTO_HTTPS in <source>/src/config/local/general.h (written if absent or\n"
                     "empty; an existing file of yours without it is refused, never changed). The script and a\n"
                     "copy of the certificate go to a temporary directory, never into the source tree.",
-        epilog="Needs on Debian: git build-essential liblzma-dev mtools openssl.\n"
+        epilog="Needs on Debian: build-essential liblzma-dev mtools openssl, xz-utils for a .tar.xz, git to clone.\n"
                "Exit status: 0 built, 1 make failed (its log is above), 2 bad arguments or build machine.\n"
                "Then: put the binaries on the TFTP server, see ipxe/README.md.",
     )
