@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from . import realos
 from .broker import HTTPS_URL, BrokerDeployment, lab_tls
 from .deployment import Deployment, clear_lio, prepare_accounts, refused_logins
-from .ipxe_client import PROGRESS_EVERY, PXE_FILES, IpxeClient
+from .ipxe_client import LOGIN_FORM, PROGRESS_EVERY, PXE_FILES, IpxeClient
 from .timeline import Timeline
 from .vm import CLIENT_SIDE, Lab
 
@@ -161,7 +161,7 @@ def run_demo(lab: Lab) -> int:
         screen.show()
         say(f"{USER} types her name and a wrong password")
         first.fill_in(USER, "not-her-password")
-        at = first.wait_for("Username:", after=first.wait_for("Wrong user name or password.", after=at), timeout=60)
+        at = first.wait_for(LOGIN_FORM, after=first.wait_for("Wrong user name or password.", after=at), timeout=60)
         screen.show()
         note("nothing was made for her: the helper was not even asked")
         say("she types her password again (her name is kept): the broker shows the disks she may boot")

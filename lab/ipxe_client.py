@@ -28,7 +28,9 @@ ANSI = re.compile(r"\x1b\[[0-9;?=]*[A-Za-z]|\x1b.")  # OVMF sets modes with "\x1
 BACKSPACED = re.compile(r".?\x08")
 GAP = re.compile(r"\s{6,}")  # between the items of a menu drawn with cursor moves
 FORM_FIELD = re.compile(r"_+")
+FORM_TEXT = re.compile(r"Username:?|Password:?|Ctrl-X - save changes +Ctrl-C - discard changes")  # not typed
 COUNTDOWN = re.compile(r"\(\d+\)")  # a menu's timeout, redrawn every second
+LOGIN_FORM = "Username"  # the login form's first label: "Username:" in 2019's iPXE, "Username" in 2.0's
 PROGRESS_EVERY = 20.0  # seconds
 KEYS = {"-": "minus", ".": "dot", " ": "spc", "_": "shift-minus", "@": "shift-2", "/": "slash"}
 
@@ -121,16 +123,10 @@ class IpxeClient:
         for raw in BACKSPACED.sub("", self.screen()[start:end]).splitlines():
             items = [item for item in GAP.split(COUNTDOWN.sub(" " * 6, raw).strip()) if item]
             line = " | ".join(dict.fromkeys(items))  # a menu redrawn as the selection moves: each item once
-            if line.startswith("Username:"):
-                line = "[the login form: Username, Password]"
-            elif "____" in line:  # the form's fields redrawn after each key
-                typed = [field for field in FORM_FIELD.split(line) if field]
-                name = next((field for field in reversed(typed) if "*" not in field), None)
-                line = f"[typed: {'Username ' + name + ', ' if name else ''}Password {'*' * 8}]"
-            else:
-                line = _undoubled(line)
-            if line and (not lines or lines[-1] != line):
-                lines.append(line)
+            shown = _form(line) if line.startswith(LOGIN_FORM) or "____" in line else [_undoubled(line)]
+            for line in shown:
+                if line and (not lines or lines[-1] != line):
+                    lines.append(line)
         return lines
 
     def wait_for(self, text: str, timeout: float = 120, after: int = 0) -> int:
@@ -174,7 +170,7 @@ class IpxeClient:
         """At the entry menu (its default is the local disk), choose "Log in"; returns where the form starts."""
         at = self.wait_for("Boot the local disk", timeout=180, after=after)
         self.keys("up", "ret")
-        return self.wait_for("Username:", after=at)
+        return self.wait_for(LOGIN_FORM, after=at)
 
     def fill_in(self, user: str | None, password: str) -> None:
         """Type the user name (None: keep the one shown) and the password, and send the form."""
@@ -201,6 +197,17 @@ class IpxeClient:
         """Type a command at the golden image's `boot:` prompt."""
         self.type(text)
         self.keys("ret")
+
+
+def _form(line: str) -> list[str]:
+    """The login form as a person reads it: that it was drawn (its labels: 2019's iPXE on a line of their
+    own, 2.0's on the line its fields are redrawn on after each key), and what was typed into it."""
+    typed = [field.strip() for field in FORM_FIELD.split(FORM_TEXT.sub("_", line)) if field.strip()]
+    shown = ["[the login form: Username, Password]"] if line.startswith(LOGIN_FORM) else []
+    if typed:
+        name = next((field for field in reversed(typed) if "*" not in field), None)
+        shown.append(f"[typed: {'Username ' + name + ', ' if name else ''}Password {'*' * 8}]")
+    return shown
 
 
 def _undoubled(line: str) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from lab.vm import Lab
+from tests.lab import Report
 
 HERE = Path(__file__).parent
 
@@ -39,3 +40,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def lab() -> Iterator[Lab]:
     with Lab() as started:
         yield started
+
+
+@pytest.fixture
+def report(request: pytest.FixtureRequest) -> Report:
+    """Print a figure in the test run's output (boot phases, suites negotiated), not only on failure."""
+    terminal = request.config.pluginmanager.getplugin("terminalreporter")
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+
+    def emit(text: str) -> None:
+        with capture.global_and_fixture_disabled():  # else the line is captured, and dropped on a pass
+            terminal.write_line(text)
+
+    return emit

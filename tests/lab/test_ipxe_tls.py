@@ -22,6 +22,7 @@ from lab.build import ensure_trixie_ipxe
 from lab.ipxe_build import VERSION
 from lab.ipxe_client import IpxeClient
 from lab.vm import CLIENT_SIDE, GUEST_PORTS, Lab
+from tests.lab import Report
 
 STORE = "/srv/btrfs/bootbroker-ipxe-tls"
 HTTPS_PORT = GUEST_PORTS["broker"]
@@ -32,8 +33,11 @@ GAVE_UP = "could not be reached"  # ipxe/embed.ipxe, after its tries (the rest o
 
 @pytest.fixture(scope="module")
 def broker(lab: Lab) -> Iterator[BrokerDeployment]:
-    # the lab's certificate, installed as a site installs its own; no image needed
-    with running(lab, STORE, advertise=f"{CLIENT_SIDE}:3260", url=HTTPS_URL, tls=lab_tls()) as deployed:
+    # the lab's certificate, installed as a site installs its own; an image (random bytes: nobody boots it
+    # here) so that a login ends at the disk menu
+    lab.run(["rm", "-rf", STORE])
+    with running(lab, STORE, advertise=f"{CLIENT_SIDE}:3260", url=HTTPS_URL, tls=lab_tls(),
+                 publish=lambda h: h.publish_random_golden("demo")) as deployed:
         yield deployed
 
 
@@ -56,7 +60,7 @@ def refused_everywhere(client: IpxeClient) -> list[tls_wire.Handshake]:
 
 
 def test_debian_13_ipxe_negotiates_tls_with_the_broker_and_refuses_its_self_signed_certificate(
-    broker: BrokerDeployment, lab: Lab
+    broker: BrokerDeployment, lab: Lab, report: Report
 ) -> None:
     client = IpxeClient(lab, "ipxe-tls", nic="e1000", rom=ensure_trixie_ipxe() / "pxe-e1000.rom", capture=True)
     try:
@@ -70,7 +74,7 @@ def test_debian_13_ipxe_negotiates_tls_with_the_broker_and_refuses_its_self_sign
         client.stop()
     assert client.capture is not None
     handshake = tls_wire.read(client.capture, HTTPS_PORT)
-    print(f"iPXE 1.21.1 offered {len(handshake.offered)} suites; the broker chose {handshake.suite_name} "
+    report(f"iPXE 1.21.1 offered {len(handshake.offered)} suites; the broker chose {handshake.suite_name} "
           f"(TLS version 0x{handshake.version or 0:04x}); server sent {handshake.server.handshakes}, "
           f"client sent {handshake.client.handshakes}")
     assert handshake.version == 0x0303  # TLS 1.2: iPXE has no TLS 1.3
@@ -82,7 +86,7 @@ def test_debian_13_ipxe_negotiates_tls_with_the_broker_and_refuses_its_self_sign
 
 
 def test_the_sites_ipxe_built_to_trust_another_certificate_refuses_the_broker_and_sends_nothing(
-    broker: BrokerDeployment, lab: Lab
+    broker: BrokerDeployment, lab: Lab, report: Report
 ) -> None:
     other = lab_tls("ecdsa", key_type="ecdsa")  # a certificate that is not the broker's, and the build that trusts only it
     client = IpxeClient(lab, "ipxe-other-trust", capture=True)
@@ -95,14 +99,14 @@ def test_the_sites_ipxe_built_to_trust_another_certificate_refuses_the_broker_an
     finally:
         client.stop()
     connections = refused_everywhere(client)
-    print(f"iPXE {VERSION} trusting another certificate: {len(connections)} connections, each refused at the "
+    report(f"iPXE {VERSION} trusting another certificate: {len(connections)} connections, each refused at the "
           f"broker's certificate ({connections[0].suite_name} chosen); no request reached the broker")
     assert len(connections) >= 2  # each try of the embedded script
     assert requests_in(broker.log()) == []
 
 
 def test_a_replaced_broker_certificate_is_refused_by_the_old_build_and_a_rebuilt_ipxe_logs_in(
-    broker: BrokerDeployment, lab: Lab
+    broker: BrokerDeployment, lab: Lab, report: Report
 ) -> None:
     # The new certificate is an ECDSA one: iPXE 2.0's cheaper choice (README: Certificates), shown to work here.
     old, new = broker.tls, lab_tls("ecdsa", key_type="ecdsa")
@@ -134,7 +138,7 @@ def test_a_replaced_broker_certificate_is_refused_by_the_old_build_and_a_rebuilt
         # What benchmarks/tls_handshakes.py offers as iPXE 2.0 is what a real one offers, in its order.
         assert [tls_wire.IPXE_2_OFFERS.get(s, f"0x{s:04x}") for s in connections[0].offered] == list(tls_wire.IPXE_2_OFFERS.values())
         assert {c.suite_name for c in connections if not c.resumed} == {"ECDHE-ECDSA-AES256-GCM-SHA384"}
-        print(f"UEFI, the rebuilt iPXE {VERSION} with the ECDSA certificate: {len(connections)} connections, suite "
+        report(f"UEFI, the rebuilt iPXE {VERSION} with the ECDSA certificate: {len(connections)} connections, suite "
               f"{connections[0].suite_name}; {sum(c.resumed for c in connections)} resumed a session")
     finally:
         broker.stop()

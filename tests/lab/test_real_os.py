@@ -32,14 +32,12 @@ from lab.deployment import Deployment, prepare_accounts, refused_logins
 from lab.ipxe_client import IpxeClient
 from lab.timeline import LOCAL_BOOT, NETROOT_BOOT, OS_BOOT, Timeline
 from lab.vm import CLIENT_SIDE, GUEST_PORTS, Lab
+from tests.lab import Report
 
 STORE = "/srv/btrfs/bootbroker-os"
 NETROOT = "netroot"  # the image booted by dracut's netroot: second in a student's disk menu ("other" has no version)
 # What the kernel prints when an I/O error reaches the OS's disk or filesystem.
 IO_FAILURE = re.compile(r"I/O error|EXT4-fs error|Remounting filesystem read-only|Aborting journal")
-
-Report = Callable[[str], None]
-
 
 @pytest.fixture(scope="module")
 def broker(lab: Lab) -> Iterator[BrokerDeployment]:
@@ -64,19 +62,6 @@ cmdline = "{netroot_cmdline(realos.root_uuid(dracut_image))}"
     with running(lab, STORE, advertise=portal, portal=portal, more_images=netroot_image, publish=publish,
                  url=HTTPS_URL, tls=lab_tls()) as deployed:
         yield deployed
-
-
-@pytest.fixture
-def report(request: pytest.FixtureRequest) -> Report:
-    """Print a figure in the test run's output (the boot phases), not only on failure."""
-    terminal = request.config.pluginmanager.getplugin("terminalreporter")
-    capture = request.config.pluginmanager.getplugin("capturemanager")
-
-    def emit(text: str) -> None:
-        with capture.global_and_fixture_disabled():  # else the line is captured, and dropped on a pass
-            terminal.write_line(text)
-
-    return emit
 
 
 @pytest.fixture(scope="module")

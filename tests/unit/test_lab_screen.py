@@ -40,6 +40,30 @@ def test_the_transcript_reads_as_the_screen_does(tmp_path: Path) -> None:
     ]
 
 
+# iPXE 2.0's login form (a real capture, trimmed): labels, fields and the keys' redraws on one line.
+FORM_2 = (
+    b"\x1b[2J\x1b[01;01H\x1b[09;37HUsername\x1b[11;21H\x1b[0m\x1b[30m\x1b[46m__________\x1b[11;21H\x1b[14;37H"
+    b"\x1b[0m\x1b[37m\x1b[44mPassword\x1b[16;21H\x1b[0m\x1b[30m\x1b[46m__________\x1b[16;21H\x1b[24;16H"
+    b"\x1b[0m\x1b[37m\x1b[44mCtrl-X - save changes     Ctrl-C - discard changes\x1b[11;21H\x1b[0m\x1b[30m\x1b[46m"
+    b"__________\x1b[11;21Hs_________\x1b[11;22H\x1b[11;21Hst________\x1b[11;23H\x1b[16;21H__________"
+    b"\x1b[16;21H*_________\x1b[16;22H\x1b[16;21H**________\x1b[16;23H\r\n"
+    b"st: choose your disk\r\n"
+)
+
+
+def test_ipxe_2s_login_form_reads_the_same(tmp_path: Path) -> None:
+    client = IpxeClient.__new__(IpxeClient)
+    client.console = tmp_path / "console.log"
+    client.console.write_bytes(FORM_2)
+    assert client.transcript(0) == [
+        "[the login form: Username, Password]",
+        "[typed: Username st, Password ********]",
+        "st: choose your disk",
+    ]
+    client.console.write_bytes(FORM_2.split(b"\x1b[11;21Hs_")[0] + b"\r\n")  # drawn, nothing typed yet
+    assert client.transcript(0) == ["[the login form: Username, Password]"]
+
+
 def test_uefi_firmwares_mode_sequences_are_not_shown(tmp_path: Path) -> None:
     client = IpxeClient.__new__(IpxeClient)
     client.console = tmp_path / "console.log"
