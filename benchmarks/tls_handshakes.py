@@ -4,16 +4,20 @@ Runs the real broker app on 127.0.0.1 in a process of its own, with the TLS cont
 (broker.tls.server_context) and a certificate generated as `serve` generates it, of each key type in
 turn. Client processes connect as the workstations' iPXE 2.0 does: TLS 1.2 only, offering exactly the
 suites iPXE 2.0 offers, in its order (lab/tls_wire.py's IPXE_2_OFFERS, which the lab's TLS test checks
-against a real iPXE's ClientHello), verifying the certificate; each fetches /boot.ipxe and closes, as
-iPXE does (a new connection for each request). Two kinds of handshake:
+against a real iPXE's ClientHello), verifying the certificate. Each connection fetches /boot.ipxe once and
+closes, so every request pays a handshake: the worst case (iPXE keeps its connection open between
+requests while the broker lets it; the lab's captures show how many connections a real boot makes).
+Two kinds of handshake:
 
-  full      a new session each time: what the first connection of each workstation's boot costs
-  resumed   the session of the client's previous connection offered back (iPXE 2.0 keeps it, and its
-            later connections in one boot resume): no certificate, no key exchange
+  full      a new session each time: what each workstation's first connection costs
+  resumed   the session of the client's previous connection offered back, as iPXE 2.0 does when it
+            must connect again (the broker closes a connection idle for request_timeout, e.g. while a
+            person types): no certificate, no key exchange
 
-The figure is handshakes per second of the broker's own CPU (its user + system time from /proc, so the
-clients' CPU and the machine's other load do not count), for each certificate and kind, taken in
-alternating rounds; the ratios are within one run.
+The figure is the broker's own CPU per connection (its user + system time from /proc, so the clients'
+CPU and the machine's other load do not count), and connections per CPU-second, for each certificate and
+kind, taken in alternating rounds; the ratios are within one run. The same request over plain HTTP is
+measured too: a handshake's own cost is the difference ("of it TLS").
 
     .venv/bin/python benchmarks/tls_handshakes.py                 # 3 rounds of 5 s each: about a minute
     .venv/bin/python benchmarks/tls_handshakes.py --rounds 5 --duration 10 --json out.json

@@ -184,7 +184,7 @@ async def boot(request: web.Request) -> web.Response:
     return _script(await request.app[FLOW].boot(request.match_info["image"], token, _address(request)))
 
 
-CHUNK = 256 * 1024  # read at a time where the transport cannot sendfile (TLS)
+CHUNK = 256 * 1024  # read at a time where the file cannot be sent with sendfile (TLS)
 
 
 async def boot_file(request: web.Request) -> web.StreamResponse:
@@ -212,11 +212,14 @@ async def _send_file(request: web.Request, writer: Any, file: IO[bytes], size: i
     if request.transport is None:
         raise ConnectionResetError("the workstation went away")
     await writer.drain()
-    try:
-        await loop.sendfile(request.transport, file, 0, size, fallback=False)
-        return
-    except (NotImplementedError, asyncio.SendfileNotAvailableError):  # TLS, or a loop without sendfile
-        pass
+    # asyncio cannot sendfile into a TLS transport (told not to fall back, it raises RuntimeError), so
+    # over TLS, the broker's normal case, the chunks are chosen here rather than by catching that.
+    if request.transport.get_extra_info("sslcontext") is None:
+        try:
+            await loop.sendfile(request.transport, file, 0, size, fallback=False)
+            return
+        except (NotImplementedError, asyncio.SendfileNotAvailableError):  # a loop or file without sendfile
+            pass
     left = size
     while left > 0:
         chunk = await loop.run_in_executor(None, file.read, min(CHUNK, left))

@@ -12,15 +12,8 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# IANA numbers of the TLS 1.2 suites the broker offers (broker/tls.py CIPHERS), by OpenSSL's names.
-SUITES = {
-    0xC030: "ECDHE-RSA-AES256-GCM-SHA384", 0xC02F: "ECDHE-RSA-AES128-GCM-SHA256",
-    0xC028: "ECDHE-RSA-AES256-SHA384", 0xC027: "ECDHE-RSA-AES128-SHA256",
-    0x009D: "AES256-GCM-SHA384", 0x009C: "AES128-GCM-SHA256",
-    0x003D: "AES256-SHA256", 0x003C: "AES128-SHA256",
-    0xC02C: "ECDHE-ECDSA-AES256-GCM-SHA384", 0xC02B: "ECDHE-ECDSA-AES128-GCM-SHA256",
-    0xC024: "ECDHE-ECDSA-AES256-SHA384", 0xC023: "ECDHE-ECDSA-AES128-SHA256",
-}
+from broker.tls import CIPHERS
+
 # What iPXE 2.0 offers in its ClientHello, in its order (src/crypto/mishmash: each suite's
 # __tls_cipher_suite preference, ECDSA before RSA at the same one), by IANA number and OpenSSL name; the
 # lab's TLS test checks it against a real ClientHello, and benchmarks/tls_handshakes.py offers the same.
@@ -38,6 +31,8 @@ IPXE_2_OFFERS = {
     0x003C: "AES128-SHA256", 0x003D: "AES256-SHA256",
     0x002F: "AES128-SHA", 0x0035: "AES256-SHA",
 }
+# The broker's TLS 1.2 suites (broker/tls.py CIPHERS), every one of them among iPXE 2.0's.
+SUITES = {number: name for number, name in IPXE_2_OFFERS.items() if name in CIPHERS.split(":")}
 HANDSHAKES = {
     1: "ClientHello", 2: "ServerHello", 11: "Certificate", 12: "ServerKeyExchange", 13: "CertificateRequest",
     14: "ServerHelloDone", 16: "ClientKeyExchange", 20: "Finished",
@@ -66,7 +61,7 @@ class Handshake:
 
     @property
     def suite_name(self) -> str:
-        return SUITES.get(self.suite, f"0x{self.suite:04x}") if self.suite is not None else "none"
+        return IPXE_2_OFFERS.get(self.suite, f"0x{self.suite:04x}") if self.suite is not None else "none"
 
     @property
     def resumed(self) -> bool:

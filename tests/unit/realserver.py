@@ -40,10 +40,11 @@ class Clock:
 
 @asynccontextmanager
 async def served(config: Config, passwords: dict[str, str], groups: dict[str, set[str]] | None = None,
-                 signer: TokenSigner | None = None, ssl_context: Any = None) -> AsyncIterator[Served]:
+                 signer: TokenSigner | None = None, ssl_context: Any = None,
+                 helper: FakeHelper | None = None) -> AsyncIterator[Served]:
     broker = config.broker
     assert broker is not None
-    authenticator, helper = FakeAuthenticator(passwords), FakeHelper()
+    authenticator, helper = FakeAuthenticator(passwords), helper or FakeHelper()
     flow = BootFlow(
         config, broker, authenticator, helper, FakeDirectory(groups or {}), ScriptRenderer(),
         signer or TokenSigner(broker.token_ttl), LoginLimiter(broker.limits),

@@ -9,14 +9,20 @@ import asyncio
 import logging
 import os
 import re
+import ssl
+from pathlib import Path
 from typing import Any
+
+import aiohttp
 
 import pytest
 
 from broker.config import Config
+from broker.tls import ensure_certificate, server_context
 from broker.tokens import FILE_LINK_TTL, TokenSigner
 from broker.web import FLOW
 
+from .realserver import served
 from .test_web import basic, boot_links, make_client  # noqa: F401  make_client is a fixture
 from .webfakes import CHAP_SECRET, FakeHelper, broker_config
 
@@ -136,12 +142,30 @@ async def test_head_answers_the_length_and_range_gets_the_whole_file(make_client
 
 async def test_without_sendfile_the_file_goes_in_chunks(make_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     async def no_sendfile(*args: Any, **kwargs: Any) -> int:
-        raise asyncio.SendfileNotAvailableError("as over TLS")
+        raise asyncio.SendfileNotAvailableError("as for a file or loop without it")
     client, script, _ = await netroot_script(make_client)
     monkeypatch.setattr(asyncio.get_running_loop(), "sendfile", no_sendfile)
     kernel, _ = file_paths(script)
     response = await client.get(kernel)
     assert response.headers["Content-Length"] == str(len(KERNEL)) and await response.read() == KERNEL
+
+
+async def test_over_tls_the_file_goes_whole(tmp_path: Path) -> None:
+    # The broker as `serve` runs it, with its TLS context: asyncio cannot sendfile into a TLS transport
+    # (it raises RuntimeError when told not to fall back), so the chunks must be chosen up front.
+    cert = ensure_certificate(tmp_path / "broker.crt", tmp_path / "broker.key", ["127.0.0.1"])
+    helper = FakeHelper(images=("fedora", "linux"), boot_files=dict(FILES), version=3)
+    async with served(config(), {"alice": "wonderland"}, ssl_context=server_context(cert), helper=helper) as s:
+        trusting = ssl.create_default_context(cafile=str(cert.certificate))
+        async with aiohttp.ClientSession(f"https://127.0.0.1:{s.port}") as session:
+            async with session.get("/login.ipxe", headers=basic("alice", "wonderland"), ssl=trusting) as menu:
+                links = boot_links(await menu.text())
+            async with session.get(links["fedora"].replace("https://boot.example.org", ""), ssl=trusting) as script:
+                kernel, initrd = file_paths(await script.text())
+            for path, content in ((kernel, KERNEL), (initrd, INITRD)):
+                async with session.get(path, ssl=trusting) as response:
+                    assert response.status == 200 and await response.read() == content
+    assert helper.files_asked == [("fedora", 3, "vmlinuz"), ("fedora", 3, "initrd.img")]
 
 
 async def test_the_sites_urls_win_over_the_versions_own_files(make_client: Any) -> None:
