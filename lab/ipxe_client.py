@@ -28,7 +28,9 @@ ANSI = re.compile(r"\x1b\[[0-9;?=]*[A-Za-z]|\x1b.")  # OVMF sets modes with "\x1
 BACKSPACED = re.compile(r".?\x08")
 GAP = re.compile(r"\s{6,}")  # between the items of a menu drawn with cursor moves
 FORM_FIELD = re.compile(r"_+")
-FORM_TEXT = re.compile(r"Username:?|Password:?|Ctrl-X - save changes +Ctrl-C - discard changes")  # not typed
+FORM_LABELS = re.compile(r"Username:?|Password:?")
+# iPXE 2.0 draws this hint last; what follows it on the line is the fields redrawn after each key.
+FORM_HINT = re.compile(r"Ctrl-X - save changes +Ctrl-C - discard changes")
 COUNTDOWN = re.compile(r"\(\d+\)")  # a menu's timeout, redrawn every second
 LOGIN_FORM = "Username"  # the login form's first label: "Username:" in 2019's iPXE, "Username" in 2.0's
 PROGRESS_EVERY = 20.0  # seconds
@@ -200,14 +202,27 @@ class IpxeClient:
 
 
 def _form(line: str) -> list[str]:
-    """The login form as a person reads it: that it was drawn (its labels: 2019's iPXE on a line of their
-    own, 2.0's on the line its fields are redrawn on after each key), and what was typed into it."""
-    typed = [field.strip() for field in FORM_FIELD.split(FORM_TEXT.sub("_", line)) if field.strip()]
-    shown = ["[the login form: Username, Password]"] if line.startswith(LOGIN_FORM) else []
+    """The login form as a person reads it: that it was drawn, with the name it kept from a failed try
+    (iPXE 2.0 draws labels, fields and hint, then redraws a field after each key, all on one line; 2019's
+    draws its labels on a line of their own and the keys' redraws on the next), and what was typed."""
+    shown, kept, keys = [], None, line
+    if line.startswith(LOGIN_FORM):
+        drawn, *after = FORM_HINT.split(line, 1)
+        values = _fields(drawn)
+        kept = values[0] if values and "*" not in values[0] else None
+        shown.append(f"[the login form: Username, Password{'; the name kept: ' + kept if kept else ''}]")
+        keys = after[0] if after else ""  # 2019's: the labels' line has no keys
+    typed = [field for field in _fields(keys) if field != kept]
     if typed:
         name = next((field for field in reversed(typed) if "*" not in field), None)
-        shown.append(f"[typed: {'Username ' + name + ', ' if name else ''}Password {'*' * 8}]")
+        parts = ([f"Username {name}"] if name else []) + (["Password ********"] if any("*" in f for f in typed) else [])
+        shown.append(f"[typed: {', '.join(parts)}]")
     return shown
+
+
+def _fields(text: str) -> list[str]:
+    """The values in a stretch of the form: what is between its fields' underscores, labels left out."""
+    return [field.strip() for field in FORM_FIELD.split(FORM_LABELS.sub("_", text)) if field.strip()]
 
 
 def _undoubled(line: str) -> str:

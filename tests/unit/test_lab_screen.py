@@ -62,6 +62,17 @@ def test_ipxe_2s_login_form_reads_the_same(tmp_path: Path) -> None:
     ]
     client.console.write_bytes(FORM_2.split(b"\x1b[11;21Hs_")[0] + b"\r\n")  # drawn, nothing typed yet
     assert client.transcript(0) == ["[the login form: Username, Password]"]
+    # After a wrong password the form comes back with the name kept (drawn, and redrawn as the cursor
+    # goes to it): not something typed. Then only the password is.
+    kept = FORM_2.replace(b"__________\x1b[11;21H\x1b[14;37H", b"st________\x1b[11;21H\x1b[14;37H", 1)
+    kept = kept.replace(b"\x1b[11;21Hs_________\x1b[11;22H\x1b[11;21Hst________\x1b[11;23H", b"")
+    kept = kept.replace(b"changes\x1b[11;21H\x1b[0m\x1b[30m\x1b[46m__________", b"changes\x1b[11;21H\x1b[0m\x1b[30m\x1b[46mst________")
+    client.console.write_bytes(kept)
+    assert client.transcript(0) == [
+        "[the login form: Username, Password; the name kept: st]",
+        "[typed: Password ********]",
+        "st: choose your disk",
+    ]
 
 
 def test_uefi_firmwares_mode_sequences_are_not_shown(tmp_path: Path) -> None:
