@@ -57,7 +57,6 @@ def ensure_ipxe(url: str, certificate: Path, cache: Path | None = None) -> Path:
     """The directory holding undionly.kpxe and ipxe.efi that chain `url`/boot.ipxe and trust only
     `certificate`, built with ipxe/build.py unless a build of the same inputs is cached."""
     cache = cache or cache_dir()
-    source = tarball()
     key = hashlib.sha256()
     for part in (TARBALL_SHA256.encode(), EMBED_SCRIPT.read_bytes(), BUILD_SCRIPT.read_bytes(), url.encode(),
                  certificate.read_bytes()):
@@ -65,6 +64,7 @@ def ensure_ipxe(url: str, certificate: Path, cache: Path | None = None) -> Path:
     built = cache / f"ipxe-{key.hexdigest()[:16]}"
     if all((built / name).is_file() for name in BUILT):
         return built
+    source = tarball()  # read and checked only now: a cached build is keyed by the recorded SHA-256
     log(f"building iPXE {VERSION} with ipxe/build.py for {url}, trusting {certificate.name} "
         "(2-3 min the first time, about 1 min for another certificate)")
     with tempfile.TemporaryDirectory(dir=cache, prefix=".ipxe-") as tmp:

@@ -126,9 +126,9 @@ class IpxeClient:
             items = [item for item in GAP.split(COUNTDOWN.sub(" " * 6, raw).strip()) if item]
             line = " | ".join(dict.fromkeys(items))  # a menu redrawn as the selection moves: each item once
             shown = _form(line) if line.startswith(LOGIN_FORM) or "____" in line else [_undoubled(line)]
-            for line in shown:
-                if line and (not lines or lines[-1] != line):
-                    lines.append(line)
+            for entry in shown:
+                if entry and (not lines or lines[-1] != entry):
+                    lines.append(entry)
         return lines
 
     def wait_for(self, text: str, timeout: float = 120, after: int = 0) -> int:

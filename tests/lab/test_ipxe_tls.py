@@ -75,8 +75,8 @@ def test_debian_13_ipxe_negotiates_tls_with_the_broker_and_refuses_its_self_sign
     assert client.capture is not None
     handshake = tls_wire.read(client.capture, HTTPS_PORT)
     report(f"iPXE 1.21.1 offered {len(handshake.offered)} suites; the broker chose {handshake.suite_name} "
-          f"(TLS version 0x{handshake.version or 0:04x}); server sent {handshake.server.handshakes}, "
-          f"client sent {handshake.client.handshakes}")
+           f"(TLS version 0x{handshake.version or 0:04x}); server sent {handshake.server.handshakes}, "
+           f"client sent {handshake.client.handshakes}")
     assert handshake.version == 0x0303  # TLS 1.2: iPXE has no TLS 1.3
     assert handshake.suite in handshake.offered and handshake.suite in tls_wire.SUITES  # one of the broker's suites
     assert handshake.server.handshakes == ["ServerHello", "Certificate", "ServerKeyExchange", "ServerHelloDone"]
@@ -100,7 +100,7 @@ def test_the_sites_ipxe_built_to_trust_another_certificate_refuses_the_broker_an
         client.stop()
     connections = refused_everywhere(client)
     report(f"iPXE {VERSION} trusting another certificate: {len(connections)} connections, each refused at the "
-          f"broker's certificate ({connections[0].suite_name} chosen); no request reached the broker")
+           f"broker's certificate ({connections[0].suite_name} chosen); no request reached the broker")
     assert len(connections) >= 2  # each try of the embedded script
     assert requests_in(broker.log()) == []
 
@@ -108,7 +108,7 @@ def test_the_sites_ipxe_built_to_trust_another_certificate_refuses_the_broker_an
 def test_a_replaced_broker_certificate_is_refused_by_the_old_build_and_a_rebuilt_ipxe_logs_in(
     broker: BrokerDeployment, lab: Lab, report: Report
 ) -> None:
-    # The new certificate is an ECDSA one: iPXE 2.0's cheaper choice (README: Certificates), shown to work here.
+    # The new certificate is an ECDSA one: iPXE 2.0's cheaper choice (README: TLS suites), shown to work here.
     old, new = broker.tls, lab_tls("ecdsa", key_type="ecdsa")
     assert old is not None
     broker.stop()
@@ -139,7 +139,7 @@ def test_a_replaced_broker_certificate_is_refused_by_the_old_build_and_a_rebuilt
         assert [tls_wire.IPXE_2_OFFERS.get(s, f"0x{s:04x}") for s in connections[0].offered] == list(tls_wire.IPXE_2_OFFERS.values())
         assert {c.suite_name for c in connections if not c.resumed} == {"ECDHE-ECDSA-AES256-GCM-SHA384"}
         report(f"UEFI, the rebuilt iPXE {VERSION} with the ECDSA certificate: {len(connections)} connections, suite "
-              f"{connections[0].suite_name}; {sum(c.resumed for c in connections)} resumed a session")
+               f"{connections[0].suite_name}; {sum(c.resumed for c in connections)} resumed a session")
     finally:
         broker.stop()
         broker.install_tls(old)

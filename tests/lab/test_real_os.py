@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 import signal
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import pytest
 
@@ -38,6 +38,7 @@ STORE = "/srv/btrfs/bootbroker-os"
 NETROOT = "netroot"  # the image booted by dracut's netroot: second in a student's disk menu ("other" has no version)
 # What the kernel prints when an I/O error reaches the OS's disk or filesystem.
 IO_FAILURE = re.compile(r"I/O error|EXT4-fs error|Remounting filesystem read-only|Aborting journal")
+
 
 @pytest.fixture(scope="module")
 def broker(lab: Lab) -> Iterator[BrokerDeployment]:
