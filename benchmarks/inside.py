@@ -33,11 +33,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from broker.backends.dmsnapshot import DmSnapshotBackend
-from broker.backends.reflink import ReflinkBackend
-from broker.config import Portal
-from broker.helper_client import HelperClient
-from broker.lio import Lio
+from broker.helper.backends.dmsnapshot import DmSnapshotBackend
+from broker.helper.backends.reflink import ReflinkBackend
+from broker.shared.config import Portal
+from broker.shared.helper_client import HelperClient
+from broker.helper.lio import Lio
 from timing import timed  # benchmarks/timing.py: run as python benchmarks/NAME.py
 from visits import Client, all_at_once, failures
 

@@ -35,7 +35,7 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from broker import pam_auth  # noqa: E402
+from broker.web import pam_auth  # noqa: E402
 from stand_ins import benchmark_config, start_broker  # noqa: E402  benchmarks/stand_ins.py: run as python benchmarks/NAME.py
 
 GOOD_PASSWORD = "the-right-one"

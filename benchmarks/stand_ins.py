@@ -9,15 +9,15 @@ from typing import Any
 
 from aiohttp import web
 
-from broker.boot import Authenticator, BootFlow
-from broker.caps import ConnectionCap
-from broker.config import Config, parse
-from broker.edge import GuardedSite, handler_args
-from broker.limiter import LoginLimiter
-from broker.protocol import OpenFile
-from broker.scripts import ScriptRenderer
-from broker.tokens import TokenSigner
-from broker.web import make_app
+from broker.web.boot import Authenticator, BootFlow
+from broker.shared.caps import ConnectionCap
+from broker.shared.config import Config, parse
+from broker.web.edge import GuardedSite, handler_args
+from broker.web.limiter import LoginLimiter
+from broker.shared.protocol import OpenFile
+from broker.web.scripts import ScriptRenderer
+from broker.web.tokens import TokenSigner
+from broker.web.app import make_app
 
 
 class NoHelper:

@@ -44,7 +44,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from broker.tls import ServerCertificate, ensure_certificate, server_context  # noqa: E402
+from broker.web.tls import ServerCertificate, ensure_certificate, server_context  # noqa: E402
 from lab.tls_wire import IPXE_2_OFFERS  # noqa: E402
 from stand_ins import benchmark_config, start_broker  # noqa: E402  benchmarks/stand_ins.py: run as python benchmarks/NAME.py
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 
-from broker.tls import CIPHERS
+from broker.web.tls import CIPHERS
 
 BOOT_LINK = re.compile(r"https://\S+?(/boot/[a-z0-9-]+\.ipxe\?token=\S+)")
 

@@ -16,8 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import config as config_module
-from .errors import BrokerError, ConfigError
+from .shared import config as config_module
+from .shared.errors import BrokerError, ConfigError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CONFIG = 0, 1, 2, 3
 
@@ -31,7 +31,7 @@ PUBLISH_WAIT = 3600.0
 
 
 def _client(args: argparse.Namespace, timeout: float = 60.0) -> Any:
-    from .helper_client import HelperClient
+    from .shared.helper_client import HelperClient
 
     socket_path = Path(args.socket) if args.socket else _config(args).helper.socket
     return HelperClient(socket_path, timeout=timeout)
@@ -42,11 +42,11 @@ def _print(args: argparse.Namespace, data: Any, text: Callable[[Any], str]) -> N
 
 
 def cmd_helper(args: argparse.Namespace) -> int:
-    from .access import NssDirectory
-    from .backends import make_backend
-    from .helper import Helper
-    from .helper_server import run_helper
-    from .lio import Lio
+    from .shared.access import NssDirectory
+    from .helper.backends import make_backend
+    from .helper.operations import Helper
+    from .helper.server import run_helper
+    from .helper.lio import Lio
 
     if os.geteuid() != 0:
         print("bootbroker helper: must run as root (it manages LIO targets and overlays)", file=sys.stderr)
@@ -68,7 +68,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError(config.source, ["[broker]: missing; `serve` needs at least url = \"https://HOST\" (see README)"])
     import asyncio
 
-    from .serve import run
+    from .web.serve import run
 
     asyncio.run(run(config, config.broker))
     return EXIT_OK
@@ -223,7 +223,7 @@ def cmd_images_check(args: argparse.Namespace) -> int:
 
 def _publish_check(path: Path) -> bool:
     """Run `images check` on a FILE about to be published; print what is not ok; False if it has errors."""
-    from .errors import BackendFailure
+    from .shared.errors import BackendFailure
     from .images.check import Level, check_image
 
     try:

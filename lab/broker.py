@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from broker.tls import ServerCertificate
+from broker.web.tls import ServerCertificate
 from lab.deployment import Deployment, Grant, clear_lio, prepare_accounts
 from lab.ipxe_build import ensure_ipxe, lab_certificate
 from lab.vm import CLIENT_SIDE, GUEST_IP, GUEST_PORTS, Lab, LabCommandError, SpawnHandle

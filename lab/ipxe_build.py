@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from broker.tls import ServerCertificate, ensure_certificate
+from broker.web.tls import ServerCertificate, ensure_certificate
 from lab.build import BuildError, cache_dir, log
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from broker.tls import CIPHERS
+from broker.web.tls import CIPHERS
 
 # What iPXE 2.0 offers in its ClientHello, in its order (src/crypto/mishmash: each suite's
 # __tls_cipher_suite preference, ECDSA before RSA at the same one), by IANA number and OpenSSL name; the

@@ -19,7 +19,7 @@ import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..identifiers import BOOT_FILES
+from ..shared.identifiers import BOOT_FILES
 from .disk import Disk, Files, Unreadable, find_filesystems, fstab, read_table, separate_boot, version_key
 
 KERNEL, INITRD = BOOT_FILES  # the files kept beside a version, by these names

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import BackendFailure, BadRequest, NotPermitted
+from ..shared.errors import BackendFailure, BadRequest, NotPermitted
 from . import grub
 from .tools import missing_packages
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from ..errors import BackendFailure, BadRequest
+from ..shared.errors import BackendFailure, BadRequest
 from . import disk as disk_module
 from .disk import (
     BIOS_BOOT, ESP_DOS, ESP_GPT, EXTENDED_DOS, SECTOR, Disk, Ext, Files, Partition, Table, Unreadable,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import BackendFailure
+from ..shared.errors import BackendFailure
 
 SECTOR = 512
 

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from broker.boot import PUBLISHED_TTL
+from broker.web.boot import PUBLISHED_TTL
 from lab.broker import SERVICE_ACCOUNT, Answer, BrokerDeployment, grant_from_script, running
 from lab.deployment import iscsi_tool, reads_disk, wrong_secret
 from lab.vm import Lab

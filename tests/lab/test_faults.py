@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from broker.faults import ENVIRONMENT, POINTS
+from broker.helper.faults import ENVIRONMENT, POINTS
 from lab.deployment import (
     Deployment,
     Grant,

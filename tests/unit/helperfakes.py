@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from broker.config import BackendKind, Config, parse
-from broker.errors import BackendFailure
-from broker.helper import Helper
-from broker.lio import Inventory
+from broker.shared.config import BackendKind, Config, parse
+from broker.shared.errors import BackendFailure
+from broker.helper.operations import Helper
+from broker.helper.lio import Inventory
 
 
 @dataclass

@@ -10,14 +10,14 @@ from typing import Any
 
 from aiohttp import web
 
-from broker.boot import BootFlow
-from broker.config import Config
-from broker.caps import ConnectionCap
-from broker.edge import GuardedSite, handler_args
-from broker.limiter import LoginLimiter
-from broker.scripts import ScriptRenderer
-from broker.tokens import TokenSigner
-from broker.web import make_app
+from broker.web.boot import BootFlow
+from broker.shared.config import Config
+from broker.shared.caps import ConnectionCap
+from broker.web.edge import GuardedSite, handler_args
+from broker.web.limiter import LoginLimiter
+from broker.web.scripts import ScriptRenderer
+from broker.web.tokens import TokenSigner
+from broker.web.app import make_app
 
 from .webfakes import FakeAuthenticator, FakeDirectory, FakeHelper
 

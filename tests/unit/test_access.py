@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import pwd
 
-from broker.access import NssDirectory, may_boot, needs_groups, permitted_images
+from broker.shared.access import NssDirectory, may_boot, needs_groups, permitted_images
 
 from .webfakes import broker_config
 

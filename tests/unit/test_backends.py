@@ -2,10 +2,10 @@ from pathlib import Path
 
 import pytest
 
-from broker.backends import filesystem_type, run_tool
-from broker.backends.dmsnapshot import snapshot_fill
-from broker.backends.reflink import ReflinkBackend
-from broker.errors import BackendFailure
+from broker.helper.backends import filesystem_type, run_tool
+from broker.helper.backends.dmsnapshot import snapshot_fill
+from broker.helper.backends.reflink import ReflinkBackend
+from broker.shared.errors import BackendFailure
 
 
 def test_filesystem_type_reads_mountinfo(tmp_path: Path) -> None:

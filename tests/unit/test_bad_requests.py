@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from broker.tokens import TokenSigner
+from broker.web.tokens import TokenSigner
 from tests import bad_requests
 from tests.bad_requests import CASES, CLOSED, Case
 

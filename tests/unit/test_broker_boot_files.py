@@ -17,10 +17,10 @@ import aiohttp
 
 import pytest
 
-from broker.config import Config
-from broker.tls import ensure_certificate, server_context
-from broker.tokens import FILE_LINK_TTL, TokenSigner
-from broker.web import FLOW
+from broker.shared.config import Config
+from broker.web.tls import ensure_certificate, server_context
+from broker.web.tokens import FILE_LINK_TTL, TokenSigner
+from broker.web.app import FLOW
 
 from .realserver import served
 from .test_web import basic, boot_links, make_client  # noqa: F401  make_client is a fixture
@@ -199,8 +199,8 @@ async def test_no_file_link_reaches_the_logs(make_client: Any, caplog: pytest.Lo
 
 
 def test_an_older_helpers_answer_has_no_boot_files_and_a_bad_version_is_refused() -> None:
-    from broker.boot import Grant
-    from broker.errors import InternalError
+    from broker.web.boot import Grant
+    from broker.shared.errors import InternalError
     old = {"target_iqn": "iqn.2026-11.org.example.lab:fedora.alice", "lun": 0, "portals": ["192.0.2.10:3260"],
            "initiator_iqn": "iqn.2026-11.org.example.lab:client.fedora.alice.0a1b2c3d", "chap_user": "alice",
            "chap_secret": CHAP_SECRET}

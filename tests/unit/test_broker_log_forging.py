@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from broker.boot import BootFlow
-from broker.identifiers import loggable
-from broker.limiter import LoginLimiter
-from broker.scripts import ScriptRenderer
-from broker.tokens import TokenSigner
-from broker.web import HANDLER_LIMITS, AccessLogger, make_app
+from broker.web.boot import BootFlow
+from broker.shared.identifiers import loggable
+from broker.web.limiter import LoginLimiter
+from broker.web.scripts import ScriptRenderer
+from broker.web.tokens import TokenSigner
+from broker.web.app import HANDLER_LIMITS, AccessLogger, make_app
 
 from .realserver import served
 from .webfakes import FakeAuthenticator, FakeDirectory, FakeHelper, broker_config
@@ -64,7 +64,7 @@ async def test_a_forged_path_is_escaped_in_the_app_log_and_the_access_log(
     logged = caplog.text
     assert "/boot/x\\nFAKE\\x1b[2J.ipxe" in logged  # still readable, escaped
     assert any(r.name == "aiohttp.access" for r in caplog.records)
-    assert any(r.name == "broker.web" for r in caplog.records)
+    assert any(r.name == "broker.web.app" for r in caplog.records)
 
 
 async def test_a_forged_user_name_is_escaped_in_the_log(client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
@@ -90,7 +90,7 @@ async def test_a_request_the_parser_refuses_is_one_escaped_line(caplog: pytest.L
         for raw in (b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x1b[2J\x01\nFAKE\r\n\r\n",
                     b"GET /\x1b[2J\nFAKE HTTP/1.1\r\n\r\n", b"GET / HTTP/1.1\r\nX\x1b: y\r\n\r\n"):
             assert (await asyncio.to_thread(send_raw, s.port, raw)).split(b" ")[1] == b"400"
-    edge = [r for r in caplog.records if r.name == "broker.edge"]
+    edge = [r for r in caplog.records if r.name == "broker.web.edge"]
     assert len(edge) == 3
     assert_no_forged_line(edge)
 

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from broker.boot import BootFlow
-from broker.errors import Busy, LoginFailed, NotPermitted, TooManyAttempts
-from broker.limiter import LoginLimiter
-from broker.scripts import ScriptRenderer
-from broker.tokens import TokenSigner
+from broker.web.boot import BootFlow
+from broker.shared.errors import Busy, LoginFailed, NotPermitted, TooManyAttempts
+from broker.web.limiter import LoginLimiter
+from broker.web.scripts import ScriptRenderer
+from broker.web.tokens import TokenSigner
 
 from .webfakes import FakeAuthenticator, FakeDirectory, FakeHelper, broker_config
 

@@ -11,12 +11,12 @@ from dataclasses import dataclass, replace
 
 import pytest
 
-from broker.boot import BootFlow, Grant
-from broker.config import Portal
-from broker.errors import LoginFailed
-from broker.limiter import LoginLimiter
-from broker.scripts import ScriptRenderer
-from broker.tokens import TokenSigner
+from broker.web.boot import BootFlow, Grant
+from broker.shared.config import Portal
+from broker.shared.errors import LoginFailed
+from broker.web.limiter import LoginLimiter
+from broker.web.scripts import ScriptRenderer
+from broker.web.tokens import TokenSigner
 
 from .webfakes import CHAP_SECRET, FakeAuthenticator, FakeDirectory, FakeHelper, broker_config
 

@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from broker.boot import BootFlow
-from broker.errors import BackendFailure
-from broker.limiter import LoginLimiter
-from broker.scripts import ScriptRenderer
-from broker.tokens import TokenSigner
-from broker.web import make_app
+from broker.web.boot import BootFlow
+from broker.shared.errors import BackendFailure
+from broker.web.limiter import LoginLimiter
+from broker.web.scripts import ScriptRenderer
+from broker.web.tokens import TokenSigner
+from broker.web.app import make_app
 
 from .webfakes import FakeAuthenticator, FakeDirectory, FakeHelper, broker_config
 

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from broker.config import BackendKind, Portal, load, parse
-from broker.errors import ConfigError
+from broker.shared.config import BackendKind, Portal, load, parse
+from broker.shared.errors import ConfigError
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "lab.toml"
 
@@ -247,7 +247,7 @@ def test_names_too_long_for_an_iqn_or_a_device_mapper_name_are_refused_at_load()
 
 
 def test_the_longest_names_of_an_accepted_configuration_fit() -> None:
-    from broker.identifiers import MAX_IQN_LENGTH, storage_object_name, user_label
+    from broker.shared.identifiers import MAX_IQN_LENGTH, storage_object_name, user_label
 
     data = example()
     data["store"]["backend"] = "dm-snapshot"

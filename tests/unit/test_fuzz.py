@@ -19,14 +19,14 @@ from typing import Any
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from broker.config import ConfigError, parse
-from broker.errors import BadIdentifier, BadRequest, InternalError, LoginExpired, UnsupportedVersion
-from broker.identifiers import USER_NAME, check_user_name, script_safe, user_label
-from broker.protocol import MAX_MESSAGE_BYTES, OPERATIONS, Request, decode_request, encode_request
-from broker.scripts import MENU, MESSAGE, ScriptRenderer
-from broker.tokens import TokenSigner
-from broker.web import MAX_USER_LENGTH, _basic_credentials
-from broker.pam_auth import MAX_PASSWORD_LENGTH
+from broker.shared.config import ConfigError, parse
+from broker.shared.errors import BadIdentifier, BadRequest, InternalError, LoginExpired, UnsupportedVersion
+from broker.shared.identifiers import USER_NAME, check_user_name, script_safe, user_label
+from broker.shared.protocol import MAX_MESSAGE_BYTES, OPERATIONS, Request, decode_request, encode_request
+from broker.web.scripts import MENU, MESSAGE, ScriptRenderer
+from broker.web.tokens import TokenSigner
+from broker.web.app import MAX_USER_LENGTH, _basic_credentials
+from broker.web.pam_auth import MAX_PASSWORD_LENGTH
 
 settings.register_profile("default", max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile(

@@ -18,11 +18,11 @@ from typing import TypeVar
 
 import pytest
 
-from broker.config import HelperConfig
-from broker.errors import BadIdentifier
-from broker.helper_server import Groups, HelperServer
-from broker.identifiers import check_backup_name, check_image_name, check_user_name, check_version
-from broker.protocol import decode_request
+from broker.shared.config import HelperConfig
+from broker.shared.errors import BadIdentifier
+from broker.helper.server import Groups, HelperServer
+from broker.shared.identifiers import check_backup_name, check_image_name, check_user_name, check_version
+from broker.shared.protocol import decode_request
 from tests import bad_helper_requests as corpus
 from tests.bad_helper_requests import ARGUMENT_CASES, CLOSED, GOOD, OK, PROTOCOL_CASES, Case
 

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from broker import store as store_module
-from broker.errors import BadIdentifier, UnknownImage
-from broker.files import is_immutable, set_immutable
-from broker.helper import Helper
+from broker.helper import store as store_module
+from broker.shared.errors import BadIdentifier, UnknownImage
+from broker.helper.copies import is_immutable, set_immutable
+from broker.helper.operations import Helper
 
 from .helperfakes import FakeLio, make_helper
 from .test_image_bootfiles import INITRD_BYTES, KERNEL_BYTES, K, debian, disk

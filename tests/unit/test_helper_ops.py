@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from broker import store as store_module
-from broker.errors import BackendFailure, BadIdentifier, BrokerError, Conflict, StoreFull, UnknownImage
-from broker.files import set_immutable
-from broker.helper import Helper
+from broker.helper import store as store_module
+from broker.shared.errors import BackendFailure, BadIdentifier, BrokerError, Conflict, StoreFull, UnknownImage
+from broker.helper.copies import set_immutable
+from broker.helper.operations import Helper
 
 from .helperfakes import FakeLio, make_helper
 

@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from broker.config import HelperConfig
-from broker.errors import BackendFailure, BadRequest, Busy, HelperUnavailable, NoSuchSession, UnknownImage
-from broker.helper_client import HelperClient
-from broker.helper_server import PERMISSIONS, Groups, HelperServer, Peer, Role, watch_lio
-from broker.protocol import MAX_MESSAGE_BYTES, OPERATIONS, OpenFile, encode_request
+from broker.shared.config import HelperConfig
+from broker.shared.errors import BackendFailure, BadRequest, Busy, HelperUnavailable, NoSuchSession, UnknownImage
+from broker.shared.helper_client import HelperClient
+from broker.helper.server import PERMISSIONS, Groups, HelperServer, Peer, Role, watch_lio
+from broker.shared.protocol import MAX_MESSAGE_BYTES, OPERATIONS, OpenFile, encode_request
 
 
 class Operations:

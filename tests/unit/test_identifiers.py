@@ -2,8 +2,8 @@ import re
 
 import pytest
 
-from broker.errors import BadIdentifier
-from broker.identifiers import (
+from broker.shared.errors import BadIdentifier
+from broker.shared.identifiers import (
     CHAP_SECRET_LENGTH,
     IqnScheme,
     check_backup_name,

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from broker import cli
-from broker.errors import BackendFailure, BadRequest
+from broker.shared.errors import BackendFailure, BadRequest
 from broker.images import build, grub
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from broker.cli import main
-from broker.errors import BackendFailure, BadRequest
+from broker.shared.errors import BackendFailure, BadRequest
 from broker.images.check import TOOLS, Finding, Level, check_image
 
 pytestmark = pytest.mark.skipif(

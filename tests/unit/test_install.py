@@ -158,7 +158,7 @@ def test_a_full_install_makes_a_venv_that_runs_from_the_copy(checkout: Path, tmp
     venv = root / "opt/bootbroker/.venv"
     assert "home = /usr/bin\n" in (venv / "pyvenv.cfg").read_text()  # not pyenv under /root: ProtectHome
     located = subprocess.run(
-        [str(venv / "bin/python"), "-c", "from broker import scripts; print(scripts.BUNDLED_TEMPLATES)"],
+        [str(venv / "bin/python"), "-c", "from broker.web import scripts; print(scripts.BUNDLED_TEMPLATES)"],
         cwd="/", env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, check=True,
     ).stdout.strip()
     assert located == str(root / "opt/bootbroker/templates")

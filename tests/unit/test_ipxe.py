@@ -10,7 +10,7 @@ from types import ModuleType
 
 import pytest
 
-from broker.tls import ensure_certificate
+from broker.web.tls import ensure_certificate
 
 BUILD = Path(__file__).parents[2] / "ipxe" / "build.py"
 URL = "https://boot.example.org"

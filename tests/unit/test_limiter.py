@@ -1,7 +1,7 @@
 import pytest
 
-from broker.config import LoginLimits
-from broker.limiter import SWEEP_EVERY, WAIT, LoginLimiter, address_key
+from broker.shared.config import LoginLimits
+from broker.web.limiter import SWEEP_EVERY, WAIT, LoginLimiter, address_key
 
 LIMITS = LoginLimits(user_failures=3, address_failures=5, window=60.0, failure_delay=1.0)
 

@@ -9,7 +9,7 @@ import pytest
 from rtslib_fb import tcm
 from rtslib_fb.utils import RTSLibError
 
-from broker import lio
+from broker.helper import lio
 
 
 @pytest.fixture

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from broker import pam_auth
-from broker.errors import Busy
-from broker.pam_auth import PamAuthenticator
+from broker.web import pam_auth
+from broker.shared.errors import Busy
+from broker.web.pam_auth import PamAuthenticator
 
 
 class SlowPam:
@@ -187,6 +187,6 @@ async def test_the_user_name_pam_refused_is_escaped_in_the_log(slow_pam: Any, ca
         assert await auth.authenticate("alice\nFAKE root logged in\x1b[2J", "wrong") is False
     finally:
         auth.close()
-    [record] = [r for r in caplog.records if r.name == "broker.pam_auth"]
+    [record] = [r for r in caplog.records if r.name == "broker.web.pam_auth"]
     assert "PAM refused alice\\nFAKE root logged in\\x1b[2J" in record.getMessage()
     assert "\n" not in record.getMessage() and "\x1b" not in record.getMessage()

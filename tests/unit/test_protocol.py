@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from broker.errors import BadRequest, ErrorCode, NotPermitted, UnsupportedVersion, error_from_code
-from broker.protocol import MAX_MESSAGE_BYTES, decode_request, encode_error, encode_request
+from broker.shared.errors import BadRequest, ErrorCode, NotPermitted, UnsupportedVersion, error_from_code
+from broker.shared.protocol import MAX_MESSAGE_BYTES, decode_request, encode_error, encode_request
 
 
 def test_round_trip() -> None:

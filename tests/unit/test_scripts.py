@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from broker.boot import BootFlow, Grant
-from broker.config import Portal
-from broker.errors import InternalError, LoginFailed, TooManyAttempts
-from broker.limiter import LoginLimiter
-from broker.scripts import MESSAGE, ScriptRenderer
-from broker.tokens import TokenSigner
+from broker.web.boot import BootFlow, Grant
+from broker.shared.config import Portal
+from broker.shared.errors import InternalError, LoginFailed, TooManyAttempts
+from broker.web.limiter import LoginLimiter
+from broker.web.scripts import MESSAGE, ScriptRenderer
+from broker.web.tokens import TokenSigner
 
 from .webfakes import CHAP_SECRET, FakeAuthenticator, FakeDirectory, FakeHelper, broker_config
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from broker.cli import main
-from broker.errors import BadRequest, InternalError
-from broker.serve import ThreadedHelper
+from broker.shared.errors import BadRequest, InternalError
+from broker.web.serve import ThreadedHelper
 
 CONFIG = """
 [store]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.tls import ensure_certificate, server_context
+from broker.web.tls import ensure_certificate, server_context
 from tests import bad_requests
 from tests.bad_requests import CLOSED
 

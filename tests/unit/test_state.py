@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from broker import files
-from broker.state import BootSession, SessionBook
+from broker.shared import files
+from broker.helper.state import BootSession, SessionBook
 
 
 def session(user: str, secret: str = "S" * 20) -> BootSession:

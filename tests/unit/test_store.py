@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from broker.errors import BadIdentifier, Conflict, UnknownImage
-from broker.files import copy_sparse, is_immutable, set_immutable, sha256_of, write_atomically
-from broker.store import OverlayMeta, Store
+from broker.shared.errors import BadIdentifier, Conflict, UnknownImage
+from broker.helper.copies import copy_sparse, is_immutable, set_immutable, sha256_of
+from broker.shared.files import write_atomically
+from broker.helper.store import OverlayMeta, Store
 
 
 @pytest.fixture
@@ -215,7 +216,7 @@ def test_a_first_publish_that_died_before_current_is_discarded_but_a_finished_on
 def test_a_copy_from_another_filesystem_keeps_holes(tmp_path: Path) -> None:
     """copy_file_range refuses to cross filesystems (EXDEV): tmpfs to the store is what a publish of a
     freshly built image often is."""
-    from broker.files import clone_or_copy
+    from broker.helper.copies import clone_or_copy
 
     shm = Path("/dev/shm")
     if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:

@@ -17,9 +17,9 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-import broker.tls
-from broker.errors import ConfigError
-from broker.tls import CIPHERS, ServerCertificate, describe, ensure_certificate, server_context
+import broker.web.tls
+from broker.shared.errors import ConfigError
+from broker.web.tls import CIPHERS, ServerCertificate, describe, ensure_certificate, server_context
 
 NAMES = ["boot.example.org", "192.0.2.5", "2001:db8::5"]
 
@@ -73,7 +73,7 @@ def test_the_certificate_is_what_ipxe_needs(tmp_path: Path) -> None:
 
 
 def test_an_ecdsa_certificate_for_ipxe_2(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, "broker.tls")
+    caplog.set_level(logging.INFO, "broker.web.tls")
     cert = ensure_certificate(*pair(tmp_path), NAMES, key_type="ecdsa")
     assert cert.generated and cert.key_type == "ECDSA P-256"
     text = openssl_x509(cert.certificate, "-text")
@@ -133,7 +133,7 @@ def test_a_missing_name_is_warned_about_not_regenerated(tmp_path: Path, caplog: 
     again = ensure_certificate(*pair(tmp_path), [*NAMES, "boot2.example.org", "192.0.2.6"])
     assert again.fingerprint == first.fingerprint and again.names == tuple(NAMES) and not again.generated
     warning = next(r for r in caplog.records if "does not name" in r.getMessage())
-    assert warning.levelname == "WARNING" and warning.name == "broker.tls"
+    assert warning.levelname == "WARNING" and warning.name == "broker.web.tls"
     assert "does not name boot2.example.org, 192.0.2.6 (" in warning.getMessage()
     assert "delete it and" in warning.getMessage() and "restart" in warning.getMessage()
 
@@ -203,14 +203,14 @@ def test_no_names_is_refused(tmp_path: Path) -> None:
 
 def test_a_failed_write_leaves_no_half_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cert_path, key_path = pair(tmp_path)
-    write = broker.tls.write_atomically
+    write = broker.web.tls.write_atomically
 
     def fail_on_certificate(path: Path, data: bytes, mode: int) -> None:
         if path == cert_path:
             raise OSError(28, "No space left on device")
         write(path, data, mode)
 
-    monkeypatch.setattr(broker.tls, "write_atomically", fail_on_certificate)
+    monkeypatch.setattr(broker.web.tls, "write_atomically", fail_on_certificate)
     with pytest.raises(ConfigError, match="No space left on device"):
         ensure_certificate(cert_path, key_path, NAMES)
     assert list(cert_path.parent.iterdir()) == []
@@ -219,7 +219,7 @@ def test_a_failed_write_leaves_no_half_pair(tmp_path: Path, monkeypatch: pytest.
 
 
 def test_a_key_too_small_for_security_level_2_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(broker.tls, "DEFAULT_KEY_BITS", 1024)
+    monkeypatch.setattr(broker.web.tls, "DEFAULT_KEY_BITS", 1024)
     small = ensure_certificate(*pair(tmp_path), NAMES)
     monkeypatch.undo()
     # OpenSSL itself refuses it: the context runs at security level 2, whatever the host's default.

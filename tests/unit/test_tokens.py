@@ -1,7 +1,7 @@
 import pytest
 
-from broker.errors import LoginExpired
-from broker.tokens import TokenSigner
+from broker.shared.errors import LoginExpired
+from broker.web.tokens import TokenSigner
 
 
 def test_a_token_verifies_for_its_image_and_address_until_it_expires() -> None:

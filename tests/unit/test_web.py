@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from broker.boot import BootFlow
-from broker.config import Config
-from broker.errors import BackendFailure, StoreFull
-from broker.limiter import LoginLimiter
-from broker.metrics import Metrics
-from broker.scripts import ScriptRenderer
-from broker.tokens import TokenSigner
-from broker.web import HANDLER_LIMITS, AccessLogger, make_app
+from broker.web.boot import BootFlow
+from broker.shared.config import Config
+from broker.shared.errors import BackendFailure, StoreFull
+from broker.web.limiter import LoginLimiter
+from broker.web.metrics import Metrics
+from broker.web.scripts import ScriptRenderer
+from broker.web.tokens import TokenSigner
+from broker.web.app import HANDLER_LIMITS, AccessLogger, make_app
 
 from .webfakes import CHAP_SECRET, DOWN, FakeAuthenticator, FakeDirectory, FakeHelper, broker_config
 

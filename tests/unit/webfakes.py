@@ -9,9 +9,9 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-from broker.config import Config, parse
-from broker.errors import BrokerError, HelperUnavailable, UnknownImage
-from broker.protocol import OpenFile
+from broker.shared.config import Config, parse
+from broker.shared.errors import BrokerError, HelperUnavailable, UnknownImage
+from broker.shared.protocol import OpenFile
 
 CHAP_SECRET = "S3cretS3cretS3cret42"
 

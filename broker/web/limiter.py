@@ -23,7 +23,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 
-from .config import LoginLimits
+from ..shared.config import LoginLimits
 
 SWEEP_EVERY = 1024
 WAIT = -1.0  # reserve(): the limit is full of attempts in flight; ask again when one has ended

@@ -16,16 +16,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .access import needs_groups, permitted_images
-from .config import BootMethod, BrokerConfig, Config, ImageConfig, Portal
-from .errors import (
+from ..shared.access import needs_groups, permitted_images
+from ..shared.config import BootMethod, BrokerConfig, Config, ImageConfig, Portal
+from ..shared.errors import (
     BackendFailure, BrokerError, Busy, ErrorCode, InternalError, LoginFailed, NotPermitted, TooManyAttempts,
     UnknownImage,
 )
-from .identifiers import BOOT_FILES, CHAP_ALPHABET, IMAGE_NAME, USER_NAME, loggable, script_safe
+from ..shared.identifiers import BOOT_FILES, CHAP_ALPHABET, IMAGE_NAME, USER_NAME, loggable, script_safe
 from .limiter import WAIT, LoginLimiter
 from .metrics import Metrics
-from .protocol import OpenFile
+from ..shared.protocol import OpenFile
 from .scripts import ENTRY, MENU, MESSAGE, NETROOT, SANBOOT, ScriptRenderer
 from .tokens import TokenSigner
 

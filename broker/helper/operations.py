@@ -20,21 +20,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from .access import may_boot, needs_groups
+from ..shared.access import may_boot, needs_groups
 from .backends import Backend
-from .config import BootMethod, Config
-from .errors import (
+from ..shared.config import BootMethod, Config
+from ..shared.errors import (
     BackendFailure, BadIdentifier, BrokerError, Conflict, NoSuchOverlay, NoSuchSession, NotPermitted, StoreFull, UnknownImage,
 )
-from .identifiers import (
+from ..shared.identifiers import (
     check_backup_name, check_boot_file, check_image_name, check_user_name, check_version, new_chap_secret, storage_object_name,
     user_label,
 )
 from .faults import crash_point
-from .files import clone_or_copy_from, sha256_of
-from .images.bootfiles import BootFiles, NotFound, extract
+from .copies import clone_or_copy_from, sha256_of
+from ..images.bootfiles import BootFiles, NotFound, extract
 from .lio import Lio
-from .protocol import OpenFile
+from ..shared.protocol import OpenFile
 from .state import BootSession, SessionBook
 from .store import DamagedMeta, OverlayMeta, Store
 

@@ -12,7 +12,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from .identifiers import BOOT_FILES
+from ..shared.identifiers import BOOT_FILES
 
 # ensure_session as the broker waits for it: a cold start makes an overlay and a target
 SESSION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

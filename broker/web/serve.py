@@ -16,21 +16,21 @@ from typing import Any
 
 from aiohttp import web
 
-from .access import NssDirectory
+from ..shared.access import NssDirectory
 from .boot import BootFlow
-from .config import BrokerConfig, Config
-from .caps import ConnectionCap
+from ..shared.config import BrokerConfig, Config
+from ..shared.caps import ConnectionCap
 from .edge import GuardedSite, handler_args
-from .errors import BadRequest, InternalError, UnsupportedVersion
-from .helper_client import HelperClient
+from ..shared.errors import BadRequest, InternalError, UnsupportedVersion
+from ..shared.helper_client import HelperClient
 from .limiter import LoginLimiter
 from .metrics import Metrics
 from .pam_auth import PamAuthenticator
-from .protocol import OpenFile
+from ..shared.protocol import OpenFile
 from .scripts import ScriptRenderer
 from .tls import describe, ensure_certificate, server_context
 from .tokens import TokenSigner
-from .web import make_app
+from .app import make_app
 
 log = logging.getLogger(__name__)
 

@@ -32,8 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import BrokerError, LoginExpired
-from .identifiers import check_image_name, check_user_name, check_version
+from ..shared.errors import BrokerError, LoginExpired
+from ..shared.identifiers import check_image_name, check_user_name, check_version
 
 MAX_TOKEN_LENGTH = 512
 TOKEN = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")

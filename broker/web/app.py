@@ -31,8 +31,8 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Handler
 
 from .boot import BootFlow, SessionHelper
-from .errors import BadRequest, BrokerError, ErrorCode, InternalError, TooManyAttempts
-from .identifiers import loggable
+from ..shared.errors import BadRequest, BrokerError, ErrorCode, InternalError, TooManyAttempts
+from ..shared.identifiers import loggable
 from .pam_auth import MAX_PASSWORD_LENGTH
 from .tokens import MAX_TOKEN_LENGTH
 

@@ -26,12 +26,12 @@ from enum import Flag, auto
 from pathlib import Path
 
 from . import faults
-from .caps import ConnectionCap
-from .config import HelperConfig
-from .errors import BadRequest, BrokerError, Busy, ConfigError, InternalError, NotPermitted
-from .files import others_can_write
-from .helper import Helper, run_operation
-from .protocol import MAX_MESSAGE_BYTES, OpenFile, decode_request, encode_error, encode_result
+from ..shared.caps import ConnectionCap
+from ..shared.config import HelperConfig
+from ..shared.errors import BadRequest, BrokerError, Busy, ConfigError, InternalError, NotPermitted
+from ..shared.files import others_can_write
+from .operations import Helper, run_operation
+from ..shared.protocol import MAX_MESSAGE_BYTES, OpenFile, decode_request, encode_error, encode_result
 
 log = logging.getLogger(__name__)
 

@@ -32,10 +32,10 @@ from rtslib_fb import tcm
 from rtslib_fb.node import CFSNode
 from rtslib_fb.utils import RTSLibError, RTSLibNotInCFSError
 
-from .config import Portal
-from .errors import BackendFailure
+from ..shared.config import Portal
+from ..shared.errors import BackendFailure
 from .faults import crash_point
-from .identifiers import STORAGE_OBJECT_PREFIX
+from ..shared.identifiers import STORAGE_OBJECT_PREFIX
 
 TPG_TAG = 1
 LUN_INDEX = 0

@@ -41,8 +41,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .errors import ConfigError
-from .files import write_atomically
+from ..shared.errors import ConfigError
+from ..shared.files import write_atomically
 
 log = logging.getLogger(__name__)
 

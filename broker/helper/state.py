@@ -16,7 +16,7 @@ import threading
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from .files import remove_durably, rename_durably, write_atomically
+from ..shared.files import remove_durably, rename_durably, write_atomically
 
 log = logging.getLogger(__name__)
 

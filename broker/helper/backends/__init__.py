@@ -9,8 +9,8 @@ import subprocess
 from pathlib import Path
 from typing import Literal, Protocol
 
-from ..config import StoreConfig, BackendKind
-from ..errors import BackendFailure
+from ...shared.config import StoreConfig, BackendKind
+from ...shared.errors import BackendFailure
 
 
 class Backend(Protocol):

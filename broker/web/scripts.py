@@ -15,10 +15,10 @@ from pathlib import Path
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
-from .errors import InternalError
-from .identifiers import script_safe
+from ..shared.errors import InternalError
+from ..shared.identifiers import script_safe
 
-BUNDLED_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+BUNDLED_TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 
 ENTRY = "entry.ipxe.j2"
 MENU = "menu.ipxe.j2"

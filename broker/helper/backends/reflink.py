@@ -11,9 +11,9 @@ import struct
 from pathlib import Path
 from typing import Literal
 
-from ..config import BackendKind
-from ..errors import BackendFailure, StoreFull
-from ..files import clone, clone_or_copy
+from ...shared.config import BackendKind
+from ...shared.errors import BackendFailure, StoreFull
+from ..copies import clone, clone_or_copy
 from . import filesystem_type
 
 FS_IOC_FIEMAP = 0xC020660B

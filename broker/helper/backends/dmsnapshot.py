@@ -13,9 +13,9 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from ..config import BackendKind
-from ..errors import BackendFailure, StoreFull
-from ..files import copy_sparse
+from ...shared.config import BackendKind
+from ...shared.errors import BackendFailure, StoreFull
+from ..copies import copy_sparse
 from . import run_tool
 
 COW = "cow.img"

@@ -25,9 +25,9 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
-from .caps import ConnectionCap
-from .identifiers import loggable
-from .web import HANDLER_LIMITS, AccessLogger
+from ..shared.caps import ConnectionCap
+from ..shared.identifiers import loggable
+from .app import HANDLER_LIMITS, AccessLogger
 
 log = logging.getLogger(__name__)
 

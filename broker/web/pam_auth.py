@@ -32,8 +32,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pam
 
-from .identifiers import loggable
-from .errors import Busy
+from ..shared.identifiers import loggable
+from ..shared.errors import Busy
 
 log = logging.getLogger(__name__)
 
