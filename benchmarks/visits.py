@@ -42,7 +42,7 @@ class Client:
         self.server_hostname = server_hostname
         self.ssl = ssl.create_default_context(cafile=cafile)
         # A workstation's handshake: iPXE has no TLS 1.3 (whose handshake costs the server more) and
-        # offers the suites broker/tls.py lists.
+        # offers the suites broker/web/tls.py lists.
         self.ssl.maximum_version = ssl.TLSVersion.TLSv1_2
         self.ssl.set_ciphers(CIPHERS)
 

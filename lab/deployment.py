@@ -168,7 +168,7 @@ groups = ["bootbroker-helpdesk"]
         return {name: on for name, (mapped, on) in self._acls(target_iqn).items() if mapped}
 
     def fences(self, target_iqn: str) -> dict[str, bool]:
-        """The initiators of the target's fences (NodeACLs that map no LUN: broker/lio.py, fence), each with
+        """The initiators of the target's fences (NodeACLs that map no LUN: broker/helper/lio.py, fence), each with
         whether it is logged in now."""
         return {name: on for name, (mapped, on) in self._acls(target_iqn).items() if not mapped}
 
@@ -231,7 +231,7 @@ def iscsi_tool(lab: Lab, tool: str, grant: Grant, *, secret: str | None = None, 
 
 def reads_disk(lab: Lab, grant: Grant) -> bool:
     """Whether the grant's initiator logs in and reads its disk past the first 32 KiB. A fenced initiator
-    (broker/lio.py, fence) logs in too, but finds LIO's virtual LUN 0: 32 KiB that read as zeros."""
+    (broker/helper/lio.py, fence) logs in too, but finds LIO's virtual LUN 0: 32 KiB that read as zeros."""
     done = qemu_io(lab, grant, f"read {FENCE_LUN_BYTES} 4096")
     return "read 4096/4096 bytes" in done.stdout
 

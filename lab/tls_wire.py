@@ -31,7 +31,7 @@ IPXE_2_OFFERS = {
     0x003C: "AES128-SHA256", 0x003D: "AES256-SHA256",
     0x002F: "AES128-SHA", 0x0035: "AES256-SHA",
 }
-# The broker's TLS 1.2 suites (broker/tls.py CIPHERS), every one of them among iPXE 2.0's.
+# The broker's TLS 1.2 suites (broker/web/tls.py CIPHERS), every one of them among iPXE 2.0's.
 SUITES = {number: name for number, name in IPXE_2_OFFERS.items() if name in CIPHERS.split(":")}
 HANDSHAKES = {
     1: "ClientHello", 2: "ServerHello", 11: "Certificate", 12: "ServerKeyExchange", 13: "CertificateRequest",

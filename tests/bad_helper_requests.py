@@ -6,7 +6,7 @@ A case is raw bytes (one or more lines, or none) and what must come back: the er
 for a control request, or CLOSED when no reply is possible (the server just closes). Every case in
 `PROTOCOL_CASES` is refused before any operation runs, whatever the caller's role. `ARGUMENT_CASES` are
 well-formed requests with arguments of the wrong type or shape: they pass the protocol and are refused by
-the real helper's validation (broker/identifiers.py) with bad_identifier, so they run no operation there
+the real helper's validation (broker/shared/identifiers.py) with bad_identifier, so they run no operation there
 either; they need a caller allowed the operation (root, or the broker group for ensure_session).
 `SILENT` (connect, send nothing) is closed after the helper's IDLE_TIMEOUT (30 s).
 """
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 OK = "ok"
 CLOSED = "closed"
-MAX_MESSAGE_BYTES = 4096  # broker/protocol.py's limit, restated: this module imports nothing of the broker's
+MAX_MESSAGE_BYTES = 4096  # broker/shared/protocol.py's limit, restated: this module imports nothing of the broker's
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ PROTOCOL_CASES: list[Case] = [
     Case("last_line_without_newline", request("health").rstrip(b"\n"), OK),
 ]
 
-# Refused by the real helper's validation (broker/identifiers.py) after the protocol: bad_identifier.
+# Refused by the real helper's validation (broker/shared/identifiers.py) after the protocol: bad_identifier.
 _BAD_NAMES: list[object] = [
     None, 7, -1, 2**80, 1.5, True, [], ["demo"], {}, {"a": 1}, "", " ", "a" * 65, "../etc", "demo/x", "al\u0000ice",
     "\u00e5lice", "alice\n", "${x}", "-alice", ".alice",

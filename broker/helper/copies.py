@@ -7,7 +7,6 @@ import errno
 import fcntl
 import hashlib
 import os
-import shutil
 import struct
 from pathlib import Path
 

@@ -1,6 +1,6 @@
 """Faults provoked for real in the lab VM, against the real helper, LIO and iSCSI clients.
 
-The helper is killed (SIGKILL) at each of its crash points (broker/faults.py) inside ensure_session, reset
+The helper is killed (SIGKILL) at each of its crash points (broker/helper/faults.py) inside ensure_session, reset
 and publish; it is restarted under workstations doing I/O; the server's power is cut with a workstation
 logged in; the store runs out of room while an overlay is made; logins of one user race. After each:
 nothing orphaned or half-made in the store, LIO or device-mapper (lab/invariants.py), a bystander's disk

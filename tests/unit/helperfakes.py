@@ -1,4 +1,4 @@
-"""Test fakes for the helper's ports, so its use cases (broker/helper.py) can be tested without a kernel: an
+"""Test fakes for the helper's ports, so its use cases (broker/helper/) can be tested without a kernel: an
 in-memory LIO that can be told to fail at any one method, and a backend that copies files. The lab tests
 (tests/lab/test_helper.py) prove the real LIO and backends; these prove the helper's decisions."""
 

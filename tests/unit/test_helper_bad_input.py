@@ -1,7 +1,7 @@
 """The bad-input corpus for the helper socket (tests/bad_helper_requests.py) against the helper's server
 over a real Unix socket, with stand-in operations: each case gets its error code (or the connection is
 closed), the server keeps serving others, and no operation runs for a refused request. The arguments the
-real helper refuses are checked here at their layer, broker/identifiers.py."""
+real helper refuses are checked here at their layer, broker/shared/identifiers.py."""
 
 from __future__ import annotations
 

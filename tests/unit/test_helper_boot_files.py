@@ -1,4 +1,4 @@
-"""A version's own kernel and initrd through the helper's use cases (broker/helper.py, broker/store.py) on a
+"""A version's own kernel and initrd through the helper's use cases (broker/helper/, broker/helper/store.py) on a
 real store: read out of the image at publish (from a file or a user's overlay) and kept beside the version,
 immutable; a netroot image without URLs refuses a disk without them and keeps nothing; retire, start-up
 and interrupted publishes treat them as they treat the checksum; the broker gets them as open files."""

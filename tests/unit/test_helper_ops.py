@@ -1,4 +1,4 @@
-"""The helper's use cases (broker/helper.py) on a real store in a temporary directory, with an in-memory LIO
+"""The helper's use cases (broker/helper/) on a real store in a temporary directory, with an in-memory LIO
 that fails where a test says (tests/unit/helperfakes.py): what the helper decides when a step fails, what
 start-up keeps and sets aside. The lab tests prove the same operations against the kernel's LIO."""
 
