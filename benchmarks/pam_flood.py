@@ -22,12 +22,10 @@ import asyncio
 import base64
 import json
 import logging
-import statistics
 import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pam

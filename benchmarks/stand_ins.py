@@ -9,7 +9,8 @@ from typing import Any
 
 from aiohttp import web
 
-from broker.web.boot import Authenticator, BootFlow
+from broker.web.boot import BootFlow
+from broker.web.gate import Authenticator
 from broker.shared.caps import ConnectionCap
 from broker.shared.config import Config, parse
 from broker.web.edge import GuardedSite, handler_args

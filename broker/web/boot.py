@@ -1,8 +1,9 @@
 """The boot use case, in one place: request -> authenticate -> menu -> ensure session -> render.
 
-The web layer (`web.py`) parses HTTP and maps errors; this module decides. Its ports are small
-interfaces so the web tests can use fakes: an `Authenticator` (PAM in production), a `SessionHelper`
-(the privileged helper), a `Directory` (accounts and group membership through NSS).
+The web layer (`app.py`) parses HTTP and maps errors; this module decides. Its ports are small
+interfaces so the web tests can use fakes: an `Authenticator` (PAM in production, asked through the
+failed-login limits of `gate.LoginGate`), a `SessionHelper` (the privileged helper, through its client), a
+`Directory` (accounts and group membership through NSS).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from ..shared.errors import (
     UnknownImage,
 )
 from ..shared.identifiers import BOOT_FILES, CHAP_ALPHABET, IMAGE_NAME, USER_NAME, loggable, script_safe
-from .limiter import WAIT, LoginLimiter
+from .gate import Authenticator, LoginGate
+from .limiter import LoginLimiter
 from .metrics import Metrics
 from ..shared.protocol import OpenFile
 from .scripts import ENTRY, MENU, MESSAGE, NETROOT, SANBOOT, ScriptRenderer
@@ -37,10 +39,6 @@ PAUSE_MS = 8000  # how long a message stays on screen before the login prompt co
 NOTE_TTL = 120.0  # seconds a failure's message waits for the screen to ask for it
 MAX_NOTES = 4096
 PUBLISHED_TTL = 5.0  # seconds the broker trusts the helper's list of published images (a boot storm asks once)
-class Authenticator(Protocol):
-    async def authenticate(self, user: str, password: str) -> bool: ...
-
-
 class SessionHelper(Protocol):
     async def ensure_session(self, image: str, user: str) -> dict[str, Any]: ...
     async def boot_file(self, image: str, version: int, name: str) -> OpenFile: ...
@@ -162,15 +160,14 @@ class BootFlow:
     ) -> None:
         self.config = config
         self.broker = broker
-        self.authenticator = authenticator
         self.helper = helper
         self.directory = directory
         self.renderer = renderer
         self.signer = signer
         self.limiter = limiter
         self.notes = FailureNotes(clock)
-        self._attempt_ended = asyncio.Condition()  # logins waiting for an attempt in flight to end
         self.metrics = metrics or Metrics()
+        self.gate = LoginGate(authenticator, limiter, self.metrics)
         self._clock = clock
         self._published: tuple[float, frozenset[str]] = (float("-inf"), frozenset())
 
@@ -254,7 +251,7 @@ class BootFlow:
         ones. The menu, its links and the helper get the account's own name (NSS's), not the spelling typed."""
         started = self._clock()
         try:
-            await self._authenticate(user, password, address)
+            await self.gate.authenticate(user, password, address)
         except (LoginFailed, TooManyAttempts, Busy):
             await asyncio.sleep(max(0.0, started + self.broker.limits.failure_delay - self._clock()))
             raise
@@ -283,38 +280,6 @@ class BootFlow:
             "message_url": self.url("/message.ipxe"),
             "entry_url": self.url("/boot.ipxe"),
         })
-
-    async def _authenticate(self, user: str, password: str, address: str) -> None:
-        """Ask PAM within the limits; return only if it accepted. The attempt is reserved in the limiter
-        before PAM is awaited, so attempts in flight count (issue 15: they all passed a check made first)."""
-        shown = loggable(user, 64)  # every valid name fits
-        async with self._attempt_ended:
-            while (wait := self.limiter.reserve(user, address)) == WAIT:
-                await self._attempt_ended.wait()  # only attempts in flight fill the limit: until one ends
-        if wait > 0:
-            self.metrics.login("limited")
-            raise TooManyAttempts(f"login of {shown} from {address} refused: too many failures", wait)
-        try:
-            try:
-                ok = bool(USER_NAME.fullmatch(user)) and await self.authenticator.authenticate(user, password)
-            except Busy:
-                # PAM was not asked: no failure to record (the answer says nothing about the account); the
-                # person is told to try again.
-                self.limiter.released(user, address)
-                self.metrics.login("busy")
-                raise
-            except BaseException:
-                self.limiter.released(user, address)
-                raise
-            if not ok:
-                self.limiter.failed(user, address)
-                self.metrics.login("failed")
-                raise LoginFailed(f"login of {shown} from {address} failed")
-            self.limiter.succeeded(user, address)
-            self.metrics.login("ok")
-        finally:
-            async with self._attempt_ended:
-                self._attempt_ended.notify_all()
 
     async def _canonical(self, user: str) -> str:
         """The account's own name (in a thread: NSS blocks), checked like any name that reaches a script."""
