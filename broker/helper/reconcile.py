@@ -22,7 +22,19 @@ class Reconciler(Part):
         self._missing: set[tuple[str, str]] = set()  # live sessions LIO lacked at the last repair_lost
 
     def reconcile(self) -> None:
-        """Make LIO and the session records agree with the overlays on disk, repairing half-done work."""
+        """Make LIO and the session records agree with the overlays on disk, repairing half-done work, in
+        that order: what a crash left in the scratch directory, the live sessions (put back), then what LIO
+        has that nothing asks for. Call with the lock held."""
+        self._remove_leftovers()
+        damaged = self.store.damaged()
+        self.unusable = [e.message for e in damaged]
+        for note in self.unusable:
+            log.error("reconcile: %s", note)
+        live = self._restore_sessions()
+        self._remove_strays(live, damaged)
+
+    def _remove_leftovers(self) -> None:
+        """Half-made overlays, half-published versions and publishes interrupted before they became current."""
         for leftover in self.store.tmp.glob("overlay-*"):
             log.warning("reconcile: removing half-made overlay %s", leftover.name)
             shutil.rmtree(leftover, ignore_errors=True)
@@ -36,11 +48,11 @@ class Reconciler(Part):
             for version in self.store.discard_unfinished(image):
                 log.warning("reconcile: removing %s v%d: its publish was interrupted before it became current",
                             image, version)
-        damaged = self.store.damaged()
-        self.unusable = [e.message for e in damaged]
-        for note in self.unusable:
-            log.error("reconcile: %s", note)
-        live: dict[str, str] = {}  # target IQN -> initiator of its live session
+
+    def _restore_sessions(self) -> dict[str, str]:
+        """Put back the target and ACL of every recorded session that can be; set aside or forget the rest.
+        Returns target IQN -> the initiator of its live session."""
+        live: dict[str, str] = {}
         for session in self.book.all():
             if session.image not in self.config.images:
                 self.book.set_aside_session(session, f"image {session.image!r} is no longer in the configuration")
@@ -64,6 +76,11 @@ class Reconciler(Part):
                 self.unusable.append(note)
                 continue
             live[names.target] = session.initiator
+        return live
+
+    def _remove_strays(self, live: dict[str, str], damaged: list[DamagedMeta]) -> None:
+        """Give every target of ours the attributes it must have; remove the NodeACLs no live session owns
+        and the targets whose overlay is gone."""
         inventory = self.lio.inventory(self.config.iscsi.iqn.prefix)
         for target in inventory.acls:
             self.lio.enforce_attributes(target)
