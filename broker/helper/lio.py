@@ -34,8 +34,8 @@ from rtslib_fb.utils import RTSLibError, RTSLibNotInCFSError
 
 from ..shared.config import Portal
 from ..shared.errors import BackendFailure
-from .faults import crash_point
 from ..shared.identifiers import STORAGE_OBJECT_PREFIX
+from .faults import crash_point
 
 TPG_TAG = 1
 LUN_INDEX = 0

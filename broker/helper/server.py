@@ -25,13 +25,13 @@ from dataclasses import dataclass
 from enum import Flag, auto
 from pathlib import Path
 
-from . import faults
 from ..shared.caps import ConnectionCap
 from ..shared.config import HelperConfig
 from ..shared.errors import BadRequest, BrokerError, Busy, ConfigError, InternalError, NotPermitted
 from ..shared.files import others_can_write
-from .operations import Helper, run_operation
 from ..shared.protocol import MAX_MESSAGE_BYTES, OpenFile, decode_request, encode_error, encode_result
+from . import faults
+from .operations import Helper, run_operation
 
 log = logging.getLogger(__name__)
 

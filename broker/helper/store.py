@@ -24,10 +24,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..shared.errors import BadIdentifier, Conflict, UnknownImage
-from .faults import crash_point
-from .copies import clone_or_copy, set_immutable, sha256_of
 from ..shared.files import others_can_write, remove_durably, rename_durably, write_atomically
 from ..shared.identifiers import BOOT_FILES, check_version
+from .copies import clone_or_copy, set_immutable, sha256_of
+from .faults import crash_point
 
 
 BACKUP_STAMP = "%Y%m%dT%H%M%S"  # a backup's name: when it was set aside, UTC

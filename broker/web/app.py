@@ -30,9 +30,9 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Handler
 
-from .boot import BootFlow, SessionHelper
 from ..shared.errors import BadRequest, BrokerError, ErrorCode, InternalError, TooManyAttempts
 from ..shared.identifiers import loggable
+from .boot import BootFlow, SessionHelper
 from .pam_auth import MAX_PASSWORD_LENGTH
 from .tokens import MAX_TOKEN_LENGTH
 

@@ -24,10 +24,10 @@ from ..shared.errors import (
     UnknownImage,
 )
 from ..shared.identifiers import BOOT_FILES, CHAP_ALPHABET, IMAGE_NAME, USER_NAME, loggable, script_safe
+from ..shared.protocol import OpenFile
 from .gate import Authenticator, LoginGate
 from .limiter import LoginLimiter
 from .metrics import Metrics
-from ..shared.protocol import OpenFile
 from .scripts import ENTRY, MENU, MESSAGE, NETROOT, SANBOOT, ScriptRenderer
 from .tokens import TokenSigner
 

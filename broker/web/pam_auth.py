@@ -32,8 +32,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pam
 
-from ..shared.identifiers import loggable
 from ..shared.errors import Busy
+from ..shared.identifiers import loggable
 
 log = logging.getLogger(__name__)
 

@@ -17,20 +17,20 @@ from typing import Any
 from aiohttp import web
 
 from ..shared.access import NssDirectory
-from .boot import BootFlow
-from ..shared.config import BrokerConfig, Config
 from ..shared.caps import ConnectionCap
-from .edge import GuardedSite, handler_args
+from ..shared.config import BrokerConfig, Config
 from ..shared.errors import BadRequest, InternalError, UnsupportedVersion
 from ..shared.helper_client import HelperClient
+from ..shared.protocol import OpenFile
+from .app import make_app
+from .boot import BootFlow
+from .edge import GuardedSite, handler_args
 from .limiter import LoginLimiter
 from .metrics import Metrics
 from .pam_auth import PamAuthenticator
-from ..shared.protocol import OpenFile
 from .scripts import ScriptRenderer
 from .tls import describe, ensure_certificate, server_context
 from .tokens import TokenSigner
-from .app import make_app
 
 log = logging.getLogger(__name__)
 
