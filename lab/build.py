@@ -50,7 +50,7 @@ KERNEL_META = "linux-image-amd64"
 MODULES = (
     "virtio_pci", "virtio_net", "virtio_blk", "9p", "9pnet_virtio", "overlay",
     "configfs", "target_core_mod", "target_core_file", "target_core_iblock", "iscsi_target_mod",
-    "dm-mod", "dm-snapshot", "loop", "crc32c_generic", "btrfs", "xfs", "ext4",
+    "dm-mod", "dm-snapshot", "dm-thin-pool", "loop", "crc32c_generic", "btrfs", "xfs", "ext4",
 )
 
 INIT_SCRIPT = Path(__file__).with_name("init")
