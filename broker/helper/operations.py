@@ -16,7 +16,7 @@ from typing import Any
 from ..shared.config import Config
 from ..shared.errors import BackendFailure
 from .backends import Backend
-from .context import Directory, HelperContext
+from .context import Directory, HelperContext, Part
 from .helpdesk import Helpdesk
 from .lio import Lio
 from .reconcile import Reconciler
@@ -26,12 +26,11 @@ from .store import Store
 from .versions import ImageVersions
 
 
-class Helper:
+class Helper(Part):
     def __init__(self, config: Config, backend: Backend, lio: Lio, directory: Directory) -> None:
-        self.context = HelperContext(config, directory, Store(config.store.path), backend, lio,
-                                     SessionBook(config.store.sessions_dir))
-        self.config, self.directory, self.backend, self.lio = config, directory, backend, lio
-        self.store, self.book, self._lock = self.context.store, self.context.book, self.context.lock
+        super().__init__(HelperContext(config, directory, Store(config.store.path), backend, lio,
+                                       SessionBook(config.store.sessions_dir)))
+        self.directory, self._lock = directory, self.context.lock
         self.boot_sessions = BootSessions(self.context)
         self.versions = ImageVersions(self.context)
         self.helpdesk = Helpdesk(self.context)

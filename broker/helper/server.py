@@ -257,7 +257,6 @@ class HelperServer:
             return encode_result({"size": result.size}), result.fd
         return encode_result(result), None
 
-
     async def _run(self, op: str, args: dict[str, object]) -> object:
         loop = asyncio.get_running_loop()
         if op in READ_ONLY:

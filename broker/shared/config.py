@@ -32,6 +32,7 @@ class BackendKind(StrEnum):
 
 KEY_TYPES = ("rsa", "ecdsa")  # [broker] key_type: a generated certificate's key, RSA-2048 or ECDSA P-256
 
+
 @dataclass(frozen=True)
 class Portal:
     host: str

@@ -9,6 +9,7 @@ import secrets
 import stat
 from pathlib import Path
 
+
 def write_atomically(path: Path, data: bytes, mode: int) -> None:
     """Replace `path` with `data` so that a crash leaves the old or the new content, never a mix.
 

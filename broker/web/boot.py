@@ -39,6 +39,8 @@ PAUSE_MS = 8000  # how long a message stays on screen before the login prompt co
 NOTE_TTL = 120.0  # seconds a failure's message waits for the screen to ask for it
 MAX_NOTES = 4096
 PUBLISHED_TTL = 5.0  # seconds the broker trusts the helper's list of published images (a boot storm asks once)
+
+
 class SessionHelper(Protocol):
     async def ensure_session(self, image: str, user: str) -> dict[str, Any]: ...
     async def boot_file(self, image: str, version: int, name: str) -> OpenFile: ...
@@ -164,12 +166,16 @@ class BootFlow:
         self.directory = directory
         self.renderer = renderer
         self.signer = signer
-        self.limiter = limiter
         self.notes = FailureNotes(clock)
         self.metrics = metrics or Metrics()
         self.gate = LoginGate(authenticator, limiter, self.metrics)
         self._clock = clock
         self._published: tuple[float, frozenset[str]] = (float("-inf"), frozenset())
+
+    @property
+    def limiter(self) -> LoginLimiter:
+        """The failed-login limits the gate keeps."""
+        return self.gate.limiter
 
     # URLs the scripts use. The login URL carries iPXE's own expansion of the typed credentials.
 

@@ -32,7 +32,6 @@ from .app import HANDLER_LIMITS, AccessLogger
 log = logging.getLogger(__name__)
 
 
-
 def handler_args(request_timeout: float) -> dict[str, Any]:
     """aiohttp's per-connection settings: parser limits, the access log, and the head deadline."""
     return {**HANDLER_LIMITS, "access_log_class": AccessLogger, "keepalive_timeout": request_timeout}
