@@ -10,7 +10,6 @@ Callers serialise changes; each method either completes or removes what it creat
 
 from __future__ import annotations
 
-import itertools
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -28,13 +27,13 @@ from rtslib_fb import (
     NodeACL,
     Target,
 )
-from rtslib_fb import tcm
 from rtslib_fb.node import CFSNode
 from rtslib_fb.utils import RTSLibError, RTSLibNotInCFSError
 
 from ..shared.config import Portal
 from ..shared.errors import BackendFailure
 from ..shared.identifiers import STORAGE_OBJECT_PREFIX
+from .backstores import BackstoreNumbers
 from .faults import crash_point
 
 TPG_TAG = 1
@@ -51,6 +50,8 @@ TPG_ATTRIBUTES = {
 }
 CONFIGFS_TARGET = Path("/sys/kernel/config/target")
 T = TypeVar("T")
+# Each backstore type: its storage object class and its HBA directories' prefix in configfs.
+_KINDS: dict[str, tuple[Any, str]] = {"fileio": (FileIOStorageObject, "fileio"), "block": (BlockStorageObject, "iblock")}
 
 
 @dataclass(frozen=True)
@@ -68,31 +69,6 @@ def _lookup_or_create(lookup: Callable[[], T], create: Callable[[], T], created:
         obj = create()
         created.append(obj)
         return obj
-
-
-def _backstore_made(create: Callable[[int | None], T], prefix: str) -> T:
-    """`create(None)` a storage object, rtslib-fb numbering its backstore (HBA directory `<prefix>_<N>`) from
-    a per-process cache of configfs, read once. The number taken collides ("already exists in configFS")
-    when another program made backstores meanwhile (targetcli, a site's own tooling), or left an HBA
-    directory empty (it stopped between removing its storage object and the HBA): rtslib's cache counts
-    only HBAs that hold a storage object, so rereading it would take the same number again. Then it is
-    retried once with a number of our own, the lowest no HBA directory has, and the cache is dropped (it
-    does not note a number given to it; the next use rereads it). Rereading configfs on every login
-    instead would walk every storage object."""
-    try:
-        return create(None)
-    except RTSLibError as e:
-        if "already exists" not in str(e):
-            raise
-    made = create(_free_index(prefix))
-    tcm.bs_cache.clear()
-    return made
-
-
-def _free_index(prefix: str) -> int:
-    """The lowest N with no HBA directory `<prefix>_N` in configfs, empty or not."""
-    used = {name.rpartition("_")[2] for name in (p.name for p in (CONFIGFS_TARGET / "core").glob(f"{prefix}_*"))}
-    return next(n for n in itertools.count() if str(n) not in used)
 
 
 def _acl_with_chap(tpg: Any, initiator: str, chap_user: str, chap_secret: str, created: list[Any]) -> Any:
@@ -118,6 +94,7 @@ class Lio:
     def __init__(self, portals: Iterable[Portal]) -> None:
         self.portals = tuple(portals)
         self._fabric: Any = None
+        self.numbers = BackstoreNumbers(CONFIGFS_TARGET / "core")
 
     def _iscsi(self) -> Any:
         if self._fabric is None:
@@ -128,7 +105,7 @@ class Lio:
         """Drop what this process remembers of LIO (the fabric, rtslib's backstore numbering): after LIO was
         emptied under the running helper (`targetctl clear`, target.service restarted) it is all stale."""
         self._fabric = None
-        tcm.bs_cache.clear()
+        self.numbers.forget()
 
     def check(self) -> None:
         """Fail clearly when the kernel has no LIO iSCSI target; `/etc/target` must exist for rtslib."""
@@ -142,29 +119,49 @@ class Lio:
         except RTSLibError as e:
             raise BackendFailure(f"the LIO iSCSI fabric is not available: {e}") from None
 
-    def _storage_object(self, name: str, backstore: str) -> Any:
-        cls = FileIOStorageObject if backstore == "fileio" else BlockStorageObject
-        return cls(name)
+    def _storage_object(self, name: str, backstore: Literal["fileio", "block"]) -> Any:
+        """The storage object `name` (RTSLibNotInCFSError if there is none), found by its backstore's number."""
+        cls, kind = _KINDS[backstore]
+        number = self.numbers.of(kind, name)
+        if number is None:
+            raise RTSLibNotInCFSError(f"no storage object {name}")
+        try:
+            return cls(name, index=number)
+        except RTSLibNotInCFSError:
+            self.numbers.release(kind, name)  # removed behind our back
+            raise
+
+    def _new_storage_object(self, name: str, backstore: Literal["fileio", "block"], device: Path) -> Any:
+        """Make the storage object `name` on `device` in a backstore numbered by us. A number another program
+        took meanwhile ("already exists in configFS": targetcli, a site's own tooling, or an HBA directory it
+        left empty) makes us read configfs again and take the next free one, once."""
+        cls, kind = _KINDS[backstore]
+        extra = {"size": device.stat().st_size} if backstore == "fileio" else {}
+
+        def made() -> Any:
+            try:
+                return cls(name, dev=str(device), index=self.numbers.take(kind, name), **extra)
+            except RTSLibError:
+                self.numbers.release(kind, name)
+                raise
+
+        try:
+            return made()
+        except RTSLibError as e:
+            if "already exists" not in str(e):
+                raise
+        self.numbers.forget()
+        return made()
 
     def ensure_target(self, iqn: str, so_name: str, backstore: Literal["fileio", "block"], device: Path) -> None:
         """Ensure the storage object, target, TPG (auth on), portals and LUN 0 exist. Idempotent."""
         created: list[Any] = []
         try:
-            if backstore == "fileio":
-                size = device.stat().st_size
-                so = _lookup_or_create(
-                    lambda: FileIOStorageObject(so_name),
-                    lambda: _backstore_made(
-                        lambda index: FileIOStorageObject(so_name, dev=str(device), size=size, index=index), "fileio"),
-                    created,
-                )
-            else:
-                so = _lookup_or_create(
-                    lambda: BlockStorageObject(so_name),
-                    lambda: _backstore_made(
-                        lambda index: BlockStorageObject(so_name, dev=str(device), index=index), "iblock"),
-                    created,
-                )
+            so = _lookup_or_create(
+                lambda: self._storage_object(so_name, backstore),
+                lambda: self._new_storage_object(so_name, backstore, device),
+                created,
+            )
             crash_point("storage-object-created")
             target = _lookup_or_create(
                 lambda: Target(self._iscsi(), iqn, "lookup"), lambda: Target(self._iscsi(), iqn, "create"), created
@@ -288,6 +285,7 @@ class Lio:
             # that used it went with the target above, so remove the object and its HBA directly.
             CFSNode.delete(so)
             so._backstore.delete()
+            self.numbers.release(_KINDS[backstore][1], so_name)
         except (RTSLibError, OSError) as e:
             raise BackendFailure(f"LIO refused to delete target {iqn}: {e}") from None
 
