@@ -14,6 +14,9 @@ image from the same kind of filesystem, on the VM's kernel:
   overlays      overlay creation for a 1 GiB and a 100 GiB sparse golden image, each approach
   io            qemu-img bench through iSCSI on users' overlays and on a target of the golden image itself
   storm         users <PREFIX>0..<N-1> log in through the broker and boot, all at once (password on stdin)
+  boot-golden   a golden image for `boots`: the recorded boot's disk, random bytes wherever the boot reads
+  boots         users <PREFIX>0..<N-1> get their disks on one side, then replay a real boot's I/O all at once
+                through kernel iSCSI sessions (benchmarks/boot_replay.py)
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from broker.helper.backends.reflink import ReflinkBackend
 from broker.shared.config import Portal
 from broker.shared.helper_client import HelperClient
 from broker.helper.lio import Lio
+import boot_replay  # benchmarks/boot_replay.py
 from timing import timed  # benchmarks/timing.py: run as python benchmarks/NAME.py
 from visits import Client, all_at_once, failures
 
@@ -74,7 +78,7 @@ class Mktgt:
 
     def setup(self, golden: Path) -> None:
         (self.root / f"{self.instance}.cow").mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(golden, self.root / f"{self.instance}.img")
+        subprocess.run(["cp", "--sparse=always", str(golden), str(self.root / f"{self.instance}.img")], check=True)
 
     def login(self, user: str) -> str:
         """One run of the script; the user's new CHAP password."""
@@ -94,8 +98,36 @@ def side(args: argparse.Namespace) -> Bootbroker | Mktgt:
 
 
 def cmd_mktgt_setup(args: argparse.Namespace) -> Any:
-    Mktgt(args.mktgt_root).setup(Path(args.golden))
+    Mktgt(args.mktgt_root, args.instance).setup(Path(args.golden))
     return {"root": args.mktgt_root}
+
+
+def cmd_boot_golden(args: argparse.Namespace) -> Any:
+    boot_replay.make_golden(Path(args.golden), Path(args.iolog), args.size)
+    distinct, _, _ = boot_replay.working_set(Path(args.iolog))
+    return {"working_set": distinct}
+
+
+def cmd_boots(args: argparse.Namespace) -> Any:
+    """Users PREFIX0.. each get their disk (a login on the side: overlay, target, credentials), then replay the
+    boot at once; the figures of benchmarks/boot_replay.py."""
+    users = [f"{args.prefix}{i}" for i in range(args.count)]
+    disks: list[boot_replay.Disk] = []
+    if args.side == "bootbroker":
+        broker = Bootbroker(args.socket, args.image)
+        for user in users:
+            g = broker.login(user)
+            disks.append(boot_replay.Disk(g["target_iqn"], g["initiator_iqn"], g["chap_user"], g["chap_secret"]))
+        portal = "127.0.0.1:3260"
+    else:
+        mktgt = Mktgt(args.mktgt_root, args.instance)
+        for user in users:
+            secret = mktgt.login(user)
+            disks.append(boot_replay.Disk(mktgt.target(user), f"iqn.2026-11.org.example.lab:mktgt-{user}", user,
+                                          secret, lun=1))
+        portal = f"127.0.0.1:{MKTGT_ISCSI_PORT}"
+    say(f"    {args.side}: {len(disks)} disks ready; replaying the boot on all at once")
+    return boot_replay.storm(portal, disks, Path(args.iolog), args.store_disk)
 
 
 def cmd_fill(args: argparse.Namespace) -> Any:
@@ -302,9 +334,22 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--image", default="demo", help="the bootbroker image users log in to")
     parser.add_argument("--mktgt-root", help="the mktgt side's directory (its image and overlays)")
     steps = parser.add_subparsers(dest="step", required=True)
+    parser.add_argument("--instance", default="bench", help="the mktgt side's image name")
     setup = steps.add_parser("mktgt-setup")
     setup.add_argument("--golden", required=True)
     setup.set_defaults(run=cmd_mktgt_setup)
+    golden = steps.add_parser("boot-golden")
+    golden.add_argument("--golden", required=True, help="the file to make")
+    golden.add_argument("--iolog", required=True)
+    golden.add_argument("--size", type=int, required=True, help="bytes: the recorded disk's size")
+    golden.set_defaults(run=cmd_boot_golden)
+    boots = steps.add_parser("boots")
+    boots.add_argument("side", choices=["bootbroker", "mktgt"])
+    boots.add_argument("--iolog", required=True)
+    boots.add_argument("--prefix", required=True, help="user names: PREFIX0, PREFIX1, ...")
+    boots.add_argument("--count", type=int, required=True)
+    boots.add_argument("--store-disk", required=True, help="the store's block device in /sys/block (vdb)")
+    boots.set_defaults(run=cmd_boots)
     fill = steps.add_parser("fill")
     fill.add_argument("side", choices=["bootbroker", "mktgt"])
     fill.add_argument("--first", type=int, default=0)

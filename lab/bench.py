@@ -12,7 +12,10 @@ and the storms' client, on the VM's loopback: through qemu's forward a storm wou
    step alone on each side (bootbroker's ensure_session, one run of mktgt), warm and cold;
 2. boot storms: N users, none with a disk yet, log in and boot at the same moment (from inside the VM);
 3. overlay creation for a 1 GiB and a 100 GiB sparse golden image;
-4. I/O through iSCSI on users' overlays against a target on the golden image itself.
+4. I/O through iSCSI on users' overlays against a target on the golden image itself;
+5. boots: N users' workstations boot at once, each replaying a real OS boot's recorded disk I/O through a
+   kernel iSCSI session on its own disk: dm-thin and reflink (each on a helper of its own) and mktgt's
+   layout, every one from the same XFS disk, whose reads are counted.
 """
 
 from __future__ import annotations
@@ -26,12 +29,14 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 from benchmarks.visits import Client, Visit, one_by_one
 from lab.bench_report import summary
 from lab.broker import HOST_NAME, BrokerDeployment, grant_from_script
-from lab.build import log
+from benchmarks.boot_replay import working_set
+from lab.build import cache_dir, log
 from lab.deployment import Deployment, clear_lio, iscsi_tool, prepare_accounts
 from lab.vm import GUEST_PORTS, Lab
 
@@ -43,7 +48,10 @@ FIRST_UID = 20000
 STEP_TIMEOUT = 4 * 3600.0
 
 
-STEPS = ("logins", "storms", "overlays", "io")
+STEPS = ("logins", "storms", "overlays", "io", "boots")
+BOOT_LAYOUTS = ("dm-thin", "reflink", "mktgt")
+BOOT_GOLDEN = "/srv/xfs/boot-golden.img"
+STORE_DISK = "vdb"  # /srv/xfs: every store of the benchmark
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,7 @@ class Options:
     storms: tuple[int, ...] = (100, 500)
     io_repeat: int = 2
     overlay_repeat: int = 5
+    boots: tuple[int, ...] = (10, 50, 200)
 
 
 class Bench:
@@ -178,6 +187,60 @@ class Bench:
         return result
 
 
+    def boots(self) -> dict[str, Any]:
+        """For each layout, 1 user alone then each N at once replay the boot; the main helper stops meanwhile
+        (another helper's start-up would remove its targets as strays) and is started again after."""
+        iolog = boot_iolog()
+        _, reach, _ = working_set(iolog)
+        figures = self.inside("boot-golden", "--golden", BOOT_GOLDEN, "--iolog", str(iolog),
+                              "--size", str(-(-reach // 2**20) * 2**20))
+        result: dict[str, Any] = {"iolog": iolog.name, "working_set": figures["working_set"], "layouts": {}}
+        self.helper.stop()
+        clear_lio(self.lab)
+        try:
+            for layout in BOOT_LAYOUTS:
+                if layout == "mktgt":
+                    self.inside("--instance", "boot", "mktgt-setup", "--golden", BOOT_GOLDEN)
+                    result["layouts"][layout] = self._boot_storms(layout, ["--instance", "boot"])
+                    continue
+                helper = Deployment(self.lab, layout, f"/srv/xfs/boots-{layout}")
+                helper.install()
+                helper.start()
+                helper.cli("images", "publish", "demo", BOOT_GOLDEN, "--no-check")
+                try:
+                    result["layouts"][layout] = self._boot_storms(layout, ["--socket", helper.socket])
+                finally:
+                    helper.stop()
+                    clear_lio(self.lab)
+        finally:
+            self.helper.install()
+            self.helper.start()
+        return result
+
+    def _boot_storms(self, layout: str, side: list[str]) -> list[dict[str, Any]]:
+        rows = []
+        for count in (1, *self.options.boots):
+            argv = [str(self.lab.python), "benchmarks/inside.py", "--mktgt-root", MKTGT_ROOT, *side, "boots",
+                    "mktgt" if layout == "mktgt" else "bootbroker", "--iolog", str(boot_iolog()),
+                    "--prefix", f"boot{count}-", "--count", str(count), "--store-disk", STORE_DISK]
+            row = {"users": count, **json.loads(self.lab.run(argv, timeout=STEP_TIMEOUT, cwd=str(self.lab.repo)).stdout)}
+            rows.append(row)
+            log(f"  {layout}, {count} at once: all done in {row['seconds_to_last']:.1f} s, store read "
+                f"{row['store_bytes_read'] / 2**20:.0f} MiB, page cache +{row['page_cache_bytes'] / 2**20:.0f} MiB")
+        return rows
+
+
+def boot_iolog() -> Path:
+    """The real OS's recorded BIOS boot (tests/lab/test_real_os.py keeps it), for the image built now."""
+    from lab.realos import ensure_os_image
+
+    iolog = cache_dir() / f"boot-io-{ensure_os_image().stem}-bios.iolog"
+    if not iolog.exists():
+        raise RuntimeError(f"no recorded boot at {iolog}: run the real OS's lab tests once "
+                           "(pytest tests/lab/test_real_os.py) to record it")
+    return iolog
+
+
 def run_bench(lab: Lab, options: Options, save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     """Every step in order; the figures as one JSON-ready dict, passed to `save` after each step too."""
     bench = Bench(lab, options)
@@ -217,6 +280,10 @@ def run_bench(lab: Lab, options: Options, save: Callable[[dict[str, Any]], None]
         log("I/O through iSCSI")
         results["io"] = bench.inside("io", "--golden", GOLDEN, "--golden-copy-dir", "/srv/xfs",
                                      "--repeat", str(options.io_repeat))
+        save(results)
+    if "boots" in options.steps:
+        log("boot storms replaying a real boot's I/O")
+        results["boots"] = bench.boots()
     problems = bench.helper.problems()
     results["consistent"] = problems == []
     if problems:

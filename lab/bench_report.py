@@ -104,6 +104,24 @@ def io_table(io: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def boots_table(boots: dict[str, Any]) -> list[str]:
+    """Each layout's rows: N at once against one alone, store reads against one boot's working set."""
+    working_set = boots["working_set"]
+    lines = [f"One boot reads {working_set / MIB:.0f} MiB distinct ({boots['iolog']}).", "",
+             "| layout | at once | all done | vs one alone | per user p50 / p99 | store read | / working set | "
+             "page cache grew |",
+             "|---|---|---|---|---|---|---|---|"]
+    for layout, rows in boots["layouts"].items():
+        alone = rows[0]["seconds_to_last"]
+        for row in rows:
+            per_user = summary(row["per_user_seconds"])
+            lines.append(
+                f"| {layout} | {row['users']} | {row['seconds_to_last']:.1f} s | {ratio(row['seconds_to_last'], alone)} | "
+                f"{per_user['p50']:.1f} / {per_user['p99']:.1f} s | {row['store_bytes_read'] / MIB:.0f} MiB | "
+                f"{ratio(row['store_bytes_read'], working_set)} | {row['page_cache_bytes'] / MIB:.0f} MiB |")
+    return lines
+
+
 def targets(results: dict[str, Any]) -> list[tuple[str, bool | None]]:
     """(what, met?) for each target of the issue the results can speak to; None: not measured."""
     found: list[tuple[str, bool | None]] = []
@@ -112,8 +130,9 @@ def targets(results: dict[str, Any]) -> list[tuple[str, bool | None]]:
     for kind in ("warm", "cold") if len(rows) > 1 else ():
         for key, what in (("broker", "through the broker"), ("bootbroker", "bootbroker's step")):
             r = statistics.median(top[f"{key}_{kind}"]) / statistics.median(base[f"{key}_{kind}"])
+            goal = 1.1 if kind == "cold" else 1.2
             found.append((f"{kind} login {what} at {top['targets']} targets = {r:.2f}x at {base['targets']} "
-                          "(target <= 1.2x)", r <= 1.2))
+                          f"(target <= {goal}x)", r <= goal))
     for row in rows:
         for kind in ("warm", "cold"):
             if f"mktgt_{kind}" in row:
@@ -135,6 +154,16 @@ def targets(results: dict[str, Any]) -> list[tuple[str, bool | None]]:
         found.append((f"storm of {storm['users']}: broker's own CPU = "
                       + (f"{overhead * 100:.1f}%" if overhead is not None else "-") + " of PAM's (target < 10%)",
                       None if overhead is None else overhead < 0.1))
+    boots = results.get("boots")
+    for layout, rows in (boots["layouts"].items() if boots else ()):
+        alone = rows[0]["seconds_to_last"]
+        for row in rows[1:]:
+            reads = row["store_bytes_read"] / boots["working_set"]
+            found.append((f"{layout}, {row['users']} boots at once: the store read {reads:.2f}x one boot's "
+                          "working set (target <= 1.2x)", reads <= 1.2))
+            slower = row["seconds_to_last"] / alone
+            found.append((f"{layout}, {row['users']} boots at once: all done in {slower:.2f}x the time of one "
+                          "(target <= 2x)", slower <= 2))
     return found
 
 
@@ -163,6 +192,8 @@ def report(results: dict[str, Any]) -> str:
         ("io", "I/O through iSCSI (qemu-img bench in the VM, 16 requests in flight, page cache dropped before "
                "each run; sequential: the whole disk in 1 MiB requests; scattered: 8,192 requests of 4 KiB "
                "spread over it; writes on a fresh overlay each run):", io_table),
+        ("boots", "Boot storms replaying a real boot (kernel iSCSI sessions, fio; page cache dropped first):",
+         boots_table),
     )
     for key, title, table in sections:
         if results.get(key):

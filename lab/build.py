@@ -38,8 +38,9 @@ HOST_PACKAGES = (
     "fio",
 )
 
-# Only for the benchmarks (scripts/lab bench): the mktgt approach's userspace target, tgtd.
-BENCH_PACKAGES = ("tgt",)
+# Only for the benchmarks (scripts/lab bench): the mktgt approach's userspace target, tgtd; and the kernel
+# iSCSI initiator's tools (iscsid, iscsiadm), whose sessions replay real boots at once (benchmarks/boot_replay.py).
+BENCH_PACKAGES = ("tgt", "open-iscsi")
 
 # The metapackage tracks the current Debian 12 kernel ABI; we boot the package it depends on.
 KERNEL_META = "linux-image-amd64"

@@ -55,6 +55,11 @@ class Grant:
     boot_files: bool | None = None
 
 
+# dm-thin's pool takes its share of the store's filesystem when made: a quarter (1 GiB) leaves the rest of
+# the lab disk it shares with other modules' stores to them.
+POOL_OPTION = "pool_percent = 25"
+
+
 class Deployment:
     """One helper in the VM with its own store, socket and configuration."""
 
@@ -78,6 +83,7 @@ class Deployment:
 [store]
 path = "{self.store}"
 backend = "{self.backend}"
+{POOL_OPTION if self.backend == "dm-thin" else ""}
 {self.store_options}
 
 [helper]

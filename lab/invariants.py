@@ -6,7 +6,9 @@ through the helper or rtslib, so it can judge the helper's repairs after a crash
 - no half-made work: the scratch directory is empty, every overlay and backup has its meta.json, every
   image version up to the current one has its checksum and none is newer than the current one, and no
   kernel or initrd is kept without its version;
-- every target, storage object, dm-snapshot device and loop device belongs to an overlay that exists;
+- every target, storage object, dm device and loop device belongs to an overlay that exists (dm-thin: or to
+  the store's pool); dm-thin: every overlay and backup names its own thin volume, and a device of an
+  overlay maps that volume;
 - every target exports LUN 0 and has at most one NodeACL that maps it, which is its live session's (as
   recorded), with the recorded CHAP credentials, and at most one other, a fence that maps no LUN; every
   recorded session has its overlay, its target and its ACL.
@@ -22,6 +24,7 @@ from pathlib import Path
 
 TARGETS = Path("/sys/kernel/config/target")
 STORAGE_OBJECT_PREFIX = "bb."
+POOL_PREFIX = "bb-pool-"  # dm-thin's pool (broker/helper/backends/dmthin.py)
 BOOT_FILES = ("vmlinuz", "initrd.img")  # a version's own kernel and initrd, kept beside it as v<N>.<name>
 
 
@@ -72,8 +75,10 @@ def problems(store: Path, prefix: str, backend: str) -> list[str]:
     for so in TARGETS.glob(f"core/*_*/{STORAGE_OBJECT_PREFIX}*"):
         if _overlay_of(so.name) not in overlays:
             found.append(f"storage object {so.parent.name}/{so.name}: its overlay is gone")
-    if backend == "dm-snapshot":
+    if backend in ("dm-snapshot", "dm-thin"):
         found += _device_problems(store, overlays)
+    if backend == "dm-thin":
+        found += _thin_problems(store)
     return found
 
 
@@ -106,10 +111,10 @@ def _overlay_of(storage_object: str) -> tuple[str, str]:
 def _device_problems(store: Path, overlays: set[tuple[str, str]]) -> list[str]:
     found = []
     listing = subprocess.run(["dmsetup", "ls"], capture_output=True, text=True, check=True).stdout
-    devices = [line.split()[0] for line in listing.splitlines() if line.startswith(STORAGE_OBJECT_PREFIX)]
+    devices = [line.split()[0] for line in listing.splitlines() if line.startswith((STORAGE_OBJECT_PREFIX, POOL_PREFIX))]
     used_loops: set[str] = set()
     for device in devices:
-        if _overlay_of(device) not in overlays:
+        if not device.startswith(POOL_PREFIX) and _overlay_of(device) not in overlays:
             found.append(f"dm device {device}: its overlay is gone")
         deps = subprocess.run(["dmsetup", "deps", "-o", "devname", device], capture_output=True, text=True,
                               check=True).stdout
@@ -120,6 +125,24 @@ def _device_problems(store: Path, overlays: set[tuple[str, str]]) -> list[str]:
         loop, _, backing = line.partition(" ")
         if backing.startswith(f"{store}/") and loop not in used_loops:
             found.append(f"loop device {loop} on {backing} is used by no overlay's device")
+    return found
+
+
+def _thin_problems(store: Path) -> list[str]:
+    found = []
+    owners: dict[str, list[str]] = {}
+    for directory in [*(store / "overlays").glob("*/*"), *(store / "backups").glob("*/*/*")]:
+        thin_id = directory / "thin-id"
+        if not thin_id.is_file():
+            found.append(f"{directory.relative_to(store)} names no thin volume")
+            continue
+        owners.setdefault(thin_id.read_text().strip(), []).append(str(directory.relative_to(store)))
+        if directory.parent.parent.name == "overlays":
+            device = f"{STORAGE_OBJECT_PREFIX}{directory.parent.name}.{directory.name}"
+            table = subprocess.run(["dmsetup", "table", device], capture_output=True, text=True).stdout.split()
+            if table and table[4] != thin_id.read_text().strip():
+                found.append(f"dm device {device} maps thin volume {table[4]}, its overlay names {thin_id.read_text().strip()}")
+    found += [f"thin volume {n} is named by {' and '.join(dirs)}" for n, dirs in owners.items() if len(dirs) > 1]
     return found
 
 

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..shared.errors import Conflict, NoSuchOverlay
+from ..shared.errors import BrokerError, Conflict, NoSuchOverlay
 from ..shared.identifiers import check_backup_name, check_image_name, check_user_name
 from .context import Names, Part
 from .faults import crash_point
@@ -118,6 +118,12 @@ class Helpdesk(Part):
     def expire_backups(self) -> None:
         """Delete backups older than [store] backup_days. Call with the lock held."""
         for backup in self.store.expired_backups(self.config.store.backup_days, time.time()):
+            try:
+                self.backend.discard(backup)
+            except BrokerError as e:
+                log.error("cannot delete backup %s of %s/%s (%s): tried again at the next expiry", backup.name,
+                          backup.parent.parent.name, backup.parent.name, e.message)
+                continue
             shutil.rmtree(backup)
             log.info("deleted backup %s of %s/%s: older than %d days", backup.name, backup.parent.parent.name,
                      backup.parent.name, self.config.store.backup_days)

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..shared.config import Config
 from ..shared.errors import BackendFailure
-from .backends import Backend
+from .backends import Backend, made_by
 from .context import Directory, HelperContext, Part
 from .helpdesk import Helpdesk
 from .lio import Lio
@@ -61,12 +61,30 @@ class Helper(Part):
             raise BackendFailure(str(e)) from None
         if problem:
             raise BackendFailure(f"[store] path: {problem}")
+        self._check_made_with()
         self.backend.probe(self.store.tmp)
         self.lio.check()
         with self._lock:
             self.book.load()
             self.reconciler.reconcile()
             self.helpdesk.expire_backups()
+
+    def _check_made_with(self) -> None:
+        """Refuse to start on a store whose overlays another backend made (a changed [store] backend, or a
+        configuration that relied on an older default): each backend reads only its own overlays. A store
+        from before the mark existed is judged by its overlays' files."""
+        configured = self.backend.kind.value
+        made_with = self.store.made_with()
+        if made_with is None:
+            some = self.store.some_overlay()
+            found = made_by(some) if some is not None else None
+            made_with = found.value if found is not None else configured
+        if made_with != configured:
+            raise BackendFailure(
+                f"the store at {self.store.root} holds overlays made with the {made_with} backend, but [store] "
+                f"backend is {configured!r}: set backend = \"{made_with}\" (a store's overlays cannot change backend; "
+                "use a new store for another)")
+        self.store.mark_made_with(configured)
 
     def health(self) -> dict[str, Any]:
         """A cheap summary for monitoring. Reads only; takes no lock so it answers during long work."""

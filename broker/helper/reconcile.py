@@ -37,6 +37,7 @@ class Reconciler(Part):
         """Half-made overlays, half-published versions and publishes interrupted before they became current."""
         for leftover in self.store.tmp.glob("overlay-*"):
             log.warning("reconcile: removing half-made overlay %s", leftover.name)
+            self.backend.discard(leftover)
             shutil.rmtree(leftover, ignore_errors=True)
         for leftover in self.store.tmp.glob("publish-*"):
             log.warning("reconcile: removing half-published image %s", leftover.name)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 from ..shared.access import may_boot, needs_groups
@@ -122,32 +123,43 @@ class BootSessions(Part):
             meta = OverlayMeta(user=names.user, image=names.image, version=version, created=time.time())
             self.store.commit_overlay(work, meta, names.label)
         except OSError as e:
-            shutil.rmtree(work, ignore_errors=True)
+            self._discard(work)
             raise store_error(e) from None
         except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
+            self._discard(work)
             raise
         log.info("new overlay %s/%s from v%d in %.2f s", names.image, names.label, version, time.monotonic() - started)
         return meta
 
+    def _discard(self, work: Path) -> None:
+        """Remove a half-made overlay, what the backend made of it first; left to the start-up repair if the
+        backend cannot."""
+        try:
+            self.backend.discard(work)
+        except BrokerError as e:
+            log.error("cannot discard the half-made overlay %s (%s): the helper's next start removes it", work, e.message)
+            return
+        shutil.rmtree(work, ignore_errors=True)
+
     def _check_reserve(self) -> None:
-        """Refuse a new overlay when the store's free space is below [store] min_free_percent: the overlays
-        already there need that room to grow. Users who have an overlay still boot."""
-        free, size = self.store.free_bytes(), self.store.size_bytes()
+        """Refuse a new overlay when the room overlays grow in (the store's filesystem, or dm-thin's pool) has
+        less free than [store] min_free_percent: the overlays already there need it. Users who have an overlay
+        still boot."""
+        where, free, size = self.backend.room() or ("the store", self.store.free_bytes(), self.store.size_bytes())
         reserve = size * self.config.store.min_free_percent // 100
         if free < reserve:
             raise StoreFull(
-                f"the store has {free / 2**30:.1f} GiB free, below the {self.config.store.min_free_percent}% "
+                f"{where} has {free / 2**30:.1f} GiB free, below the {self.config.store.min_free_percent}% "
                 f"({reserve / 2**30:.1f} GiB) kept for existing overlays: no new overlays until space is freed "
                 "(retire old image versions, let backups expire)"
             )
 
     def _check_fill(self, user: str, image: str, storage_object: str) -> float | None:
-        """The overlay's fill level (dm-snapshot), with a warning in the log from [store] fill_warn_percent."""
+        """The overlay's fill level (dm-snapshot: its COW file; dm-thin: the pool), with a warning in the log from
+        [store] fill_warn_percent."""
         fill = self.backend.fill_percent(storage_object)
         if fill is not None and fill >= self.config.store.fill_warn_percent:
-            log.warning("the overlay of %s on %s is %.0f%% full; at 100%% it becomes invalid and its changes are "
-                        "lost: reset the user, or raise [store] cow_percent for new overlays", user, image, fill)
+            log.warning("the overlay of %s on %s is %.0f%% full; %s", user, image, fill, self.backend.fill_advice)
         return fill
 
     def _fence(self, names: Names, previous: BootSession) -> None:

@@ -15,6 +15,7 @@ path into the store. Files only: device work belongs to the storage backends.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections import Counter
@@ -30,6 +31,7 @@ from .copies import clone_or_copy, set_immutable, sha256_of
 from .faults import crash_point
 
 
+BACKEND_MARK = "backend"  # in the store's root: the backend its overlays are made with
 BACKUP_STAMP = "%Y%m%dT%H%M%S"  # a backup's name: when it was set aside, UTC
 
 
@@ -74,6 +76,20 @@ class Store:
             raise FileNotFoundError(f"store path {self.root} does not exist; create it (btrfs or XFS for the reflink backend)")
         for d in (self.images, self.overlays, self.backups, self.tmp):
             d.mkdir(mode=0o700, exist_ok=True)
+
+    def made_with(self) -> str | None:
+        """The backend the store's overlays are made with (noted at the first start), or None."""
+        try:
+            return (self.root / BACKEND_MARK).read_text().strip()
+        except FileNotFoundError:
+            return None
+
+    def mark_made_with(self, backend: str) -> None:
+        write_atomically(self.root / BACKEND_MARK, f"{backend}\n".encode(), 0o600)
+
+    def some_overlay(self) -> Path | None:
+        """An overlay or backup directory, if the store has any."""
+        return next(itertools.chain(self.overlays.glob("*/*"), self.backups.glob("*/*/*")), None)
 
     def unsafe_directory(self) -> str | None:
         """Why the store cannot be trusted, or None: the root (and every directory above it) and each

@@ -28,6 +28,7 @@ DEFAULT_PATH = Path("/etc/bootbroker/bootbroker.toml")
 class BackendKind(StrEnum):
     REFLINK = "reflink"
     DM_SNAPSHOT = "dm-snapshot"
+    DM_THIN = "dm-thin"
 
 
 KEY_TYPES = ("rsa", "ecdsa")  # [broker] key_type: a generated certificate's key, RSA-2048 or ECDSA P-256
@@ -63,7 +64,8 @@ class StoreConfig:
     cow_percent: int
     backup_days: int = 30  # reset and restore keep the overlays they set aside this long
     min_free_percent: int = 5  # no new overlays when the store's free space falls below this
-    fill_warn_percent: int = 80  # dm-snapshot only: warn when a COW file is this full (full: invalid)
+    fill_warn_percent: int = 80  # dm-snapshot, dm-thin: warn when a COW file (the thin pool) is this full
+    pool_percent: int = 75  # dm-thin only: the thin pool's share of the store's filesystem, set aside when made
 
     @property
     def sessions_dir(self) -> Path:
@@ -396,7 +398,8 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Config:
     r.unknown_keys("top level", data, {"store", "helper", "iscsi", "broker", "images"})
 
     store_t = r.table("store")
-    r.unknown_keys("store", store_t, {"path", "backend", "cow_percent", "backup_days", "min_free_percent", "fill_warn_percent"})
+    r.unknown_keys("store", store_t, {"path", "backend", "cow_percent", "pool_percent", "backup_days",
+                                      "min_free_percent", "fill_warn_percent"})
     backend_text = r.value("store", store_t, "backend", str, BackendKind.REFLINK.value)
     try:
         backend = BackendKind(backend_text)
@@ -409,6 +412,7 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Config:
     backup_days = _in_range(r, "store", store_t, "backup_days", 30, 1, 3650)
     min_free_percent = _in_range(r, "store", store_t, "min_free_percent", 5, 0, 99)
     fill_warn_percent = _in_range(r, "store", store_t, "fill_warn_percent", 80, 1, 100)
+    pool_percent = _in_range(r, "store", store_t, "pool_percent", 75, 5, 95)
     store = StoreConfig(
         path=_absolute_path(r, "store", "path", r.value("store", store_t, "path", str)),
         backend=backend,
@@ -416,6 +420,7 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Config:
         backup_days=backup_days,
         min_free_percent=min_free_percent,
         fill_warn_percent=fill_warn_percent,
+        pool_percent=pool_percent,
     )
 
     helper_t = r.table("helper")
@@ -470,9 +475,9 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Config:
                 f"{longest} bytes, over LIO's {MAX_IQN_LENGTH}: shorten the image name or the domain "
                 f"by {longest - MAX_IQN_LENGTH} characters")
         dm_name = len(storage_object_name(name, "x" * MAX_LABEL_LENGTH))
-        if backend is BackendKind.DM_SNAPSHOT and dm_name > MAX_DM_NAME_LENGTH:
+        if backend in (BackendKind.DM_SNAPSHOT, BackendKind.DM_THIN) and dm_name > MAX_DM_NAME_LENGTH:
             r.problems.append(
-                f"[images.{name}]: with backend \"dm-snapshot\", its overlays' device-mapper names would be up to "
+                f"[images.{name}]: with backend \"{backend.value}\", its overlays' device-mapper names would be up to "
                 f"{dm_name} bytes, over {MAX_DM_NAME_LENGTH}: shorten the image name by {dm_name - MAX_DM_NAME_LENGTH} characters")
 
     broker = _broker(r, r.table("broker")) if "broker" in data else None

@@ -6,8 +6,8 @@ logged in; the store runs out of room while an overlay is made; logins of one us
 nothing orphaned or half-made in the store, LIO or device-mapper (lab/invariants.py), a bystander's disk
 intact, and the next login works.
 
-Runs once per backend: reflink on XFS and dm-snapshot on ext4, on stores of their own (tests/lab/test_helper.py
-runs reflink on btrfs). XFS, because on a btrfs whose data space is full a clone still succeeds (it needs only
+Runs once per backend: dm-thin and reflink on XFS, dm-snapshot on ext4, on stores of their own
+(tests/lab/test_helper.py runs reflink on btrfs). XFS, because on a btrfs whose data space is full a clone still succeeds (it needs only
 metadata space), so the store could not run out while an overlay is made.
 """
 
@@ -34,13 +34,13 @@ from lab.deployment import (
 )
 from lab.vm import Lab, LabResult
 
-BACKENDS = {"reflink": "/srv/xfs/faults", "dm-snapshot": "/srv/ext4/faults"}
+BACKENDS = {"reflink": "/srv/xfs/faults", "dm-snapshot": "/srv/ext4/faults", "dm-thin": "/srv/xfs/faults-thin"}
 BYSTANDER = "keeper"  # her disk must come through every fault unchanged
 BYSTANDER_PATTERN = "0x4b"
 
 
 def release_devices(lab: Lab) -> None:
-    """No LIO, dm-snapshot or loop device left from an earlier module or test."""
+    """No LIO, dm device or loop device left from an earlier module or test."""
     clear_lio(lab)
     lab.run(["dmsetup", "remove_all"])
     lab.run(["losetup", "-D"])
@@ -63,6 +63,8 @@ def deployment(request: pytest.FixtureRequest, lab: Lab) -> Iterator[Deployment]
     if d.process is not None:
         d.stop()
     release_devices(lab)
+    if d.backend == "dm-thin":  # its pool holds a quarter of the XFS disk the reflink module's store fills up
+        lab.run(["rm", "-rf", d.store])
 
 
 def bystander_intact(deployment: Deployment) -> None:

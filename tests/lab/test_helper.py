@@ -1,7 +1,8 @@
 """The privileged helper against the real kernel LIO target, with real iSCSI clients.
 
-Every test runs once per storage backend: reflink (btrfs) and dm-snapshot (ext4, loop devices), but for
-those marked any_backend (nothing the backend does), which run on reflink only (tests/lab/conftest.py)."""
+Every test runs once per storage backend: dm-thin (a thin pool on XFS, loop devices), reflink (btrfs) and
+dm-snapshot (ext4, loop devices), but for those marked any_backend (nothing the backend does), which run on
+reflink only (tests/lab/conftest.py)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from lab.deployment import (
     Workstation,
 )
 
-BACKENDS = {"reflink": "/srv/btrfs/bootbroker", "dm-snapshot": "/srv/ext4/bootbroker"}
+BACKENDS = {"reflink": "/srv/btrfs/bootbroker", "dm-snapshot": "/srv/ext4/bootbroker", "dm-thin": "/srv/xfs/bootbroker"}
 
 
 @pytest.fixture(scope="module", params=sorted(BACKENDS))
@@ -47,6 +48,10 @@ def deployment(request: pytest.FixtureRequest, lab: Lab) -> Iterator[Deployment]
     if d.process is not None:
         d.stop()
     clear_lio(lab)
+    if d.backend == "dm-thin":  # its pool holds a quarter of the XFS disk other modules' stores use
+        lab.run(["dmsetup", "remove_all"])
+        lab.run(["losetup", "-D"])
+        lab.run(["rm", "-rf", d.store])
 
 
 def test_right_secret_logs_in_and_reads_capacity(deployment: Deployment) -> None:
@@ -183,16 +188,19 @@ def test_helpdesk_restores_the_backup_of_a_user_with_a_live_session(deployment: 
 def test_below_the_free_space_reserve_new_overlays_are_refused_and_existing_users_still_boot(
     deployment: Deployment
 ) -> None:
-    deployment.ensure_session("kim")  # has an overlay
+    grant = deployment.ensure_session("kim")  # has an overlay
+    if deployment.backend == "dm-thin":  # overlays grow in the pool: its free space is what counts
+        assert qemu_io(deployment.lab, grant, "write -P 0x44 0 32M", "flush").returncode == 0
     deployment.stop()
-    deployment.store_options = "min_free_percent = 99"  # a nearly empty lab disk is "full" by this rule
+    deployment.store_options = "min_free_percent = 99"  # a nearly empty lab disk (pool) is "full" by this rule
     deployment.install()
     deployment.start()
     try:
         before = deployment.snapshot()
         refused = deployment.cli("start-session", "lee", "demo", check=False)
         expect_refused(refused, "store_full")
-        assert "below the 99%" in refused.stderr
+        where = "the thin pool" if deployment.backend == "dm-thin" else "the store"
+        assert re.search(f"{where} has [0-9.]+ GiB free, below the 99%", refused.stderr), refused.stderr
         assert deployment.snapshot() == before  # no half-made overlay
         assert deployment.ensure_session("kim").chap_secret  # kim's overlay exists: she boots
     finally:
@@ -203,17 +211,36 @@ def test_below_the_free_space_reserve_new_overlays_are_refused_and_existing_user
     assert deployment.ensure_session("lee").chap_secret
 
 
-def test_dm_snapshot_overlays_report_their_fill_level_and_warn_before_they_overflow(deployment: Deployment) -> None:
+def test_device_mapper_overlays_report_their_fill_level_and_warn_before_it_is_full(deployment: Deployment) -> None:
     grant = deployment.ensure_session("mia")
     if deployment.backend == "reflink":
         row = next(r for r in deployment.cli_json("sessions") if r["user"] == "mia")
         assert row["fill_percent"] is None  # a clone has no fixed-size store of changes
         return
-    assert qemu_io(deployment.lab, grant, f"write -P 0x33 0 {GOLDEN_MIB - 2}M").returncode == 0
-    row = next(r for r in deployment.cli_json("sessions") if r["user"] == "mia")
-    assert 80 <= row["fill_percent"] < 100, row
-    assert "the overlay of mia on demo is" in deployment.log() and "becomes invalid" in deployment.log()
-    assert re.search(r"^mia .* (8|9)\d% ", deployment.cli("sessions").stdout, re.MULTILINE)
+    if deployment.backend == "dm-thin":  # the pool's fill level: 1 GiB, so warn early enough to see it
+        deployment.stop()
+        deployment.store_options = "fill_warn_percent = 20"
+        deployment.install()
+        deployment.start()
+    try:
+        assert qemu_io(deployment.lab, grant, f"write -P 0x33 0 {GOLDEN_MIB - 2}M").returncode == 0
+        row = next(r for r in deployment.cli_json("sessions") if r["user"] == "mia")
+        if deployment.backend == "dm-snapshot":
+            assert 80 <= row["fill_percent"] < 100, row
+            assert "the overlay of mia on demo is" in deployment.log() and "becomes invalid" in deployment.log()
+            assert re.search(r"^mia .* (8|9)\d% ", deployment.cli("sessions").stdout, re.MULTILINE)
+        else:
+            # (GOLDEN_MIB - 2) MiB of a 1 GiB pool, and what other tests wrote; the overlay holds what mia wrote
+            assert 24 <= row["fill_percent"] < 50, row
+            assert (GOLDEN_MIB - 2) << 20 <= row["overlay_bytes"] < (GOLDEN_MIB + 1) << 20, row
+            assert "the overlay of mia on demo is" in deployment.log()
+            assert "the thin pool every overlay shares" in deployment.log()
+    finally:
+        if deployment.store_options:
+            deployment.stop()
+            deployment.store_options = ""
+            deployment.install()
+            deployment.start()
 
 
 RAW_CLIENT = """
@@ -317,7 +344,7 @@ def test_sessions_come_back_after_a_helper_restart_and_after_lio_is_lost(deploym
     # A server reboot empties the kernel's LIO; the state file brings the live sessions back.
     deployment.stop()
     clear_lio(deployment.lab)
-    if deployment.backend == "dm-snapshot":
+    if deployment.backend != "reflink":  # as a reboot does
         deployment.lab.run(["dmsetup", "remove_all"])
         deployment.lab.run(["losetup", "-D"])
     deployment.start()

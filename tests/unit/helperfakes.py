@@ -111,6 +111,11 @@ class CopyBackend:
 
     kind = BackendKind.REFLINK
     backstore: Literal["fileio", "block"] = "fileio"
+    fill_advice = "it is a test"
+
+    def __init__(self) -> None:
+        self.discarded: list[str] = []  # the overlay directories' names, in order
+        self.pool: tuple[str, int, int] | None = None  # what `room` answers
 
     def probe(self, scratch: Path) -> None:
         pass
@@ -124,6 +129,9 @@ class CopyBackend:
     def detach(self, overlay: Path, name: str) -> None:
         pass
 
+    def discard(self, overlay: Path) -> None:
+        self.discarded.append(overlay.name)
+
     def used_bytes(self, overlay: Path) -> int:
         return (overlay / "disk.img").stat().st_size
 
@@ -132,6 +140,9 @@ class CopyBackend:
 
     def fill_percent(self, name: str) -> float | None:
         return None
+
+    def room(self) -> tuple[str, int, int] | None:
+        return self.pool
 
 
 class OpenDirectory:

@@ -4,6 +4,7 @@ import pytest
 
 from broker.helper.backends import filesystem_type, run_tool
 from broker.helper.backends.dmsnapshot import snapshot_fill
+from broker.helper.backends.dmthin import metadata_bytes, pool_fill, pool_name, thin_mapped_bytes
 from broker.helper.backends.reflink import ReflinkBackend
 from broker.shared.errors import BackendFailure
 
@@ -40,3 +41,39 @@ def test_run_tool_reports_missing_and_failing_commands() -> None:
 ])
 def test_snapshot_fill_from_dmsetup_status(status: str, fill: float | None) -> None:
     assert snapshot_fill(status) == fill
+
+
+@pytest.mark.parametrize("status, fill", [
+    ("0 2097152 thin-pool 3 88/4096 10/16 - rw discard_passdown queue_if_no_space - 1024", 62.5),
+    ("0 2097152 thin-pool 3 4000/4096 1/16 - rw discard_passdown queue_if_no_space - 1024", 4000 / 4096 * 100),
+    ("0 2097152 thin-pool 3 88/4096 16/16 - out_of_data_space discard_passdown queue_if_no_space - 1024", 100.0),
+    ("0 2097152 thin-pool 3 88/4096 2/16 - ro discard_passdown queue_if_no_space needs_check 1024", 100.0),
+    ("0 2097152 thin-pool Fail", 100.0),
+    ("0 2097152 thin-pool 3 88/0 2/16 - rw", None),
+    ("0 2097152 thin 256 2047", None),
+])
+def test_pool_fill_from_dmsetup_status(status: str, fill: float | None) -> None:
+    assert pool_fill(status) == fill
+
+
+@pytest.mark.parametrize("status, used", [
+    ("0 524288 thin 256 2047", 256 * 512),
+    ("0 524288 thin 0 -", 0),
+    ("0 524288 thin Fail", None),
+    ("0 524288 thin-pool 3 88/4096 10/16 - rw", None),
+])
+def test_thin_mapped_bytes_from_dmsetup_status(status: str, used: int | None) -> None:
+    assert thin_mapped_bytes(status) == used
+
+
+def test_pool_metadata_is_sized_for_its_data_within_dm_thins_limits() -> None:
+    assert metadata_bytes(2**30) == 16 * 2**20  # the floor
+    assert metadata_bytes(2**40) == 2**40 // (64 * 1024) * 128  # 2 GiB for 1 TiB of data
+    assert metadata_bytes(2**50) < 16 * 2**30  # dm-thin's ceiling
+    assert metadata_bytes(12345678901) % 4096 == 0
+
+
+def test_each_store_has_its_own_pool_name(tmp_path: Path) -> None:
+    one, other = pool_name(tmp_path / "a" / "pool"), pool_name(tmp_path / "b" / "pool")
+    assert one != other and one.startswith("bb-pool-") and len(one) == len("bb-pool-") + 12
+    assert pool_name(tmp_path / "a" / "pool") == one

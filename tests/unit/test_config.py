@@ -203,13 +203,13 @@ def test_netroot_needs_lio_to_listen_on_its_first_advertised_portal_itself() -> 
 
 def test_store_capacity_settings_have_defaults_and_ranges() -> None:
     store = parse(example()).store
-    assert (store.backup_days, store.min_free_percent, store.fill_warn_percent) == (30, 5, 80)
+    assert (store.backup_days, store.min_free_percent, store.fill_warn_percent, store.pool_percent) == (30, 5, 80, 75)
     data = example()
-    data["store"].update(backup_days=0, min_free_percent=100, fill_warn_percent=0)
+    data["store"].update(backup_days=0, min_free_percent=100, fill_warn_percent=0, pool_percent=96)
     with pytest.raises(ConfigError) as info:
         parse(data)
     assert [p.split(":")[0] for p in info.value.problems] == [
-        "[store] backup_days", "[store] min_free_percent", "[store] fill_warn_percent",
+        "[store] backup_days", "[store] min_free_percent", "[store] fill_warn_percent", "[store] pool_percent",
     ]
 
 

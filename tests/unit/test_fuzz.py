@@ -223,7 +223,8 @@ def test_no_message_breaks_out_of_its_script(text: str) -> None:
 
 EXAMPLE = tomllib.loads((Path(__file__).parents[2] / "examples" / "lab.toml").read_text())
 SECTIONS: dict[tuple[str, ...], list[str]] = {
-    ("store",): ["path", "backend", "cow_percent", "backup_days", "min_free_percent", "fill_warn_percent"],
+    ("store",): ["path", "backend", "cow_percent", "backup_days", "min_free_percent", "fill_warn_percent",
+                 "pool_percent"],
     ("helper",): ["socket", "broker_group", "helpdesk_group"],
     ("iscsi",): ["domain", "date", "portals", "advertise"],
     ("broker",): ["url", "insecure_http", "listen", "names", "certificate", "key", "pam_service", "pam_concurrency",

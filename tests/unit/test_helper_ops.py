@@ -4,6 +4,7 @@ start-up keeps and sets aside. The lab tests prove the same operations against t
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 from broker.helper import store as store_module
+from broker.shared.config import BackendKind
 from broker.shared.errors import BackendFailure, BadIdentifier, BrokerError, Conflict, StoreFull, UnknownImage
 from broker.helper.copies import set_immutable
 from broker.helper.operations import Helper
@@ -383,3 +385,89 @@ def test_reconcile_gives_existing_targets_the_discovery_attributes(helper: Helpe
     lio.targets[TARGET].attributes["demo_mode_discovery"] = "1"  # made by an older version, or by hand
     restarted(helper)
     assert lio.targets[TARGET].attributes["demo_mode_discovery"] == "0"
+
+
+# What a backend keeps outside the overlay's directory (dm-thin: a thin volume in the pool) is freed with it
+def test_an_expired_backup_is_discarded_by_the_backend_before_its_directory_goes(
+    helper: Helper, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    helper.ensure_session("demo", "alice")
+    backup = helper.reset("demo", "alice")["reset"][0]["backup"]
+    assert helper.backend.discarded == []  # type: ignore[attr-defined]
+    monkeypatch.setattr(helper.store, "expired_backups", lambda days, now: [p for p, _ in helper.store.list_backups()])
+    helper.helpdesk.expire_backups()
+    assert helper.backend.discarded == [backup]  # type: ignore[attr-defined]
+    assert helper.store.list_backups() == []
+
+
+def test_a_backup_the_backend_cannot_discard_is_kept_for_the_next_expiry(
+    helper: Helper, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    helper.ensure_session("demo", "alice")
+    helper.reset("demo", "alice")
+
+    def refused(overlay: Path) -> None:
+        raise BackendFailure("dmsetup message failed: Device or resource busy")
+
+    monkeypatch.setattr(helper.backend, "discard", refused)
+    monkeypatch.setattr(helper.store, "expired_backups", lambda days, now: [p for p, _ in helper.store.list_backups()])
+    helper.helpdesk.expire_backups()
+    assert len(helper.store.list_backups()) == 1
+    assert "tried again at the next expiry" in caplog.text
+
+
+def test_a_half_made_overlay_is_discarded_by_the_backend_at_once_or_at_start_up(
+    helper: Helper, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fails(golden: Path, work: Path) -> None:
+        (work / "thin-id").write_text("7\n")
+        raise BackendFailure("dmsetup message failed: No space left on device")
+
+    monkeypatch.setattr(helper.backend, "create", fails)
+    with pytest.raises(BackendFailure):
+        helper.ensure_session("demo", "alice")
+    assert [name.startswith("overlay-") for name in helper.backend.discarded] == [True]  # type: ignore[attr-defined]
+    assert list(helper.store.tmp.glob("overlay-*")) == []
+
+    left = helper.store.new_overlay_workdir("demo", "bob")  # as a crash in the middle leaves it
+    restarted(helper)
+    assert helper.backend.discarded[-1] == left.name and not left.exists()  # type: ignore[attr-defined]
+
+
+def test_a_pool_below_min_free_percent_refuses_new_users_only(helper: Helper) -> None:
+    """dm-thin's overlays grow in its pool, not in the store's filesystem: the reserve applies to the pool."""
+    config = dataclasses.replace(helper.config, store=dataclasses.replace(helper.config.store, min_free_percent=5))
+    helper = Helper(config, helper.backend, helper.lio, helper.directory)
+    helper.start()
+    helper.ensure_session("demo", "alice")
+    helper.backend.pool = ("the thin pool", 4 << 30, 100 << 30)  # type: ignore[attr-defined]
+    with pytest.raises(StoreFull, match=r"the thin pool has 4.0 GiB free, below the 5% \(5.0 GiB\) kept"):
+        helper.ensure_session("demo", "bob")
+    assert helper.ensure_session("demo", "alice")["chap_user"]  # who has an overlay still boots
+    assert helper.store.list_overlays()[0][1].user == "alice" and len(helper.store.list_overlays()) == 1
+    helper.backend.pool = ("the thin pool", 6 << 30, 100 << 30)  # type: ignore[attr-defined]
+    assert helper.ensure_session("demo", "bob")["chap_user"]
+
+
+@pytest.mark.parametrize("marked", [True, False], ids=["noted at its first start", "before the note existed"])
+def test_a_store_refuses_a_backend_other_than_the_one_its_overlays_were_made_with(helper: Helper, marked: bool) -> None:
+    helper.ensure_session("demo", "alice")
+    assert (helper.store.root / "backend").read_text() == "reflink\n"
+    if not marked:
+        (helper.store.root / "backend").unlink()  # judged by the overlay's disk.img
+
+    class ThinBackend(type(helper.backend)):  # type: ignore[misc]
+        kind = BackendKind.DM_THIN
+
+    other = Helper(helper.config, ThinBackend(), helper.lio, helper.directory)
+    with pytest.raises(BackendFailure, match=r"made with the reflink backend, but \[store\] backend is 'dm-thin': "
+                                             r"set backend = \"reflink\""):
+        other.start()
+    restarted(helper)  # the right backend starts, and notes it
+    assert (helper.store.root / "backend").read_text() == "reflink\n"
+
+
+def test_an_empty_store_takes_the_configured_backend(root: Path, lio: FakeLio) -> None:
+    helper = make_helper(root, lio)
+    helper.start()
+    assert helper.store.made_with() == "reflink"

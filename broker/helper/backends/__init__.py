@@ -30,6 +30,10 @@ class Backend(Protocol):
     def detach(self, overlay: Path, name: str) -> None:
         """Undo `attach`. Idempotent: detaching a detached overlay does nothing."""
 
+    def discard(self, overlay: Path) -> None:
+        """Free what the overlay holds outside its directory (dm-thin: its thin volume in the pool), before
+        the caller deletes the directory. The overlay must be detached. Idempotent."""
+
     def used_bytes(self, overlay: Path) -> int:
         """Bytes this overlay holds of its own (not shared with its golden image)."""
 
@@ -39,7 +43,23 @@ class Backend(Protocol):
 
     def fill_percent(self, name: str) -> float | None:
         """How full an attached overlay's fixed-size store of changes is (100: it is lost), or None where
-        there is no such limit (reflink) or it is not attached."""
+        there is no such limit (reflink) or it is not attached. dm-thin: how full the pool all overlays share is."""
+
+    def room(self) -> tuple[str, int, int] | None:
+        """Where overlays grow, if not the store's filesystem (dm-thin: "the thin pool"), with its free and
+        total bytes; [store] min_free_percent applies to it instead."""
+
+    #: what a full overlay (fill_percent 100) means, and what to do before, for the warning in the log
+    fill_advice: str
+
+
+# The file each backend keeps in an overlay's directory: which backend made a store's overlays.
+OVERLAY_FILES = {BackendKind.REFLINK: "disk.img", BackendKind.DM_SNAPSHOT: "cow.img", BackendKind.DM_THIN: "thin-id"}
+
+
+def made_by(overlay: Path) -> BackendKind | None:
+    """The backend whose file is in the overlay's directory, if any."""
+    return next((kind for kind, name in OVERLAY_FILES.items() if (overlay / name).exists()), None)
 
 
 def run_tool(argv: list[str], timeout: float = 60) -> str:
@@ -71,8 +91,11 @@ def filesystem_type(path: Path) -> str:
 
 def make_backend(store: StoreConfig) -> Backend:
     from .dmsnapshot import DmSnapshotBackend
+    from .dmthin import DmThinBackend
     from .reflink import ReflinkBackend
 
     if store.backend is BackendKind.REFLINK:
         return ReflinkBackend()
+    if store.backend is BackendKind.DM_THIN:
+        return DmThinBackend(store.path / "pool", store.pool_percent)
     return DmSnapshotBackend(cow_percent=store.cow_percent)

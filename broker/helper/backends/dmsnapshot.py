@@ -9,13 +9,12 @@ snapshot: `used_bytes` lets admins watch fill levels.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Literal
 
 from ...shared.config import BackendKind
 from ...shared.errors import BackendFailure, StoreFull
-from ..copies import copy_sparse
+from . import devicemapper as dm
 from . import run_tool
 
 COW = "cow.img"
@@ -30,18 +29,8 @@ class DmSnapshotBackend:
         self.cow_percent = cow_percent
 
     def probe(self, scratch: Path) -> None:
-        if "snapshot" not in run_tool(["dmsetup", "targets"]):
-            raise BackendFailure("the kernel has no dm-snapshot target; load the dm-snapshot module")
-        probe = scratch / "probe-loop"
-        try:
-            with open(probe, "wb") as f:
-                f.truncate(1024 * 1024)
-            loop = run_tool(["losetup", "--find", "--show", str(probe)]).strip()
-            run_tool(["losetup", "--detach", loop])
-        except BackendFailure as e:
-            raise BackendFailure(f"loop devices do not work here ({e.message}); load the loop module") from None
-        finally:
-            probe.unlink(missing_ok=True)
+        dm.require_target("snapshot", "dm-snapshot")
+        dm.probe_loop(scratch)
 
     def create(self, golden: Path, work: Path) -> None:
         size = golden.stat().st_size * self.cow_percent // 100
@@ -55,71 +44,49 @@ class DmSnapshotBackend:
             os.close(fd)
 
     def attach(self, golden: Path, overlay: Path, name: str) -> Path:
-        device = Path("/dev/mapper") / name
-        if self._exists(name):
-            return device
+        if dm.exists(name):
+            return dm.MAPPER / name
         loops: list[str] = []
         try:
-            loops.append(run_tool(["losetup", "--find", "--show", "--read-only", str(golden)]).strip())
-            loops.append(run_tool(["losetup", "--find", "--show", str(overlay / COW)]).strip())
+            loops.append(dm.new_loop(golden, "--read-only"))
+            loops.append(dm.new_loop(overlay / COW))
             sectors = golden.stat().st_size // 512
-            table = f"0 {sectors} snapshot {loops[0]} {loops[1]} P {CHUNK_SECTORS}"
-            run_tool(["dmsetup", "create", name, "--table", table])
-            # No udev in many helper environments: make the /dev/mapper node ourselves.
-            run_tool(["dmsetup", "mknodes", name])
+            return dm.create(name, f"0 {sectors} snapshot {loops[0]} {loops[1]} P {CHUNK_SECTORS}")
         except BackendFailure:
-            if self._exists(name):
-                run_tool(["dmsetup", "remove", name])
             for loop in loops:
-                run_tool(["losetup", "--detach", loop])
+                dm.detach_loop(loop)
             raise
-        return device
 
     def detach(self, overlay: Path, name: str) -> None:
-        if not self._exists(name):
-            return
-        deps = run_tool(["dmsetup", "deps", "-o", "devname", name])
-        run_tool(["dmsetup", "remove", name])
-        run_tool(["dmsetup", "mknodes"])
-        for loop in re.findall(r"\((loop\d+)\)", deps):
-            run_tool(["losetup", "--detach", f"/dev/{loop}"])
+        if dm.exists(name):
+            for loop in dm.remove(name):
+                dm.detach_loop(loop)
+
+    def discard(self, overlay: Path) -> None:
+        pass  # the overlay's directory holds all of it
 
     def used_bytes(self, overlay: Path) -> int:
         return (overlay / COW).stat().st_blocks * 512
 
     def materialize(self, golden: Path, overlay: Path, name: str, destination: Path) -> None:
-        was_attached = self._exists(name)
+        was_attached = dm.exists(name)
         device = self.attach(golden, overlay, name)
         try:
-            copy_sparse(device, destination, golden.stat().st_size)
-        except OSError as e:
-            raise BackendFailure(f"cannot read the overlay's disk {device}: {e.strerror or e}") from None
+            dm.read_whole(device, destination, golden.stat().st_size)
         finally:
             if not was_attached:
                 self.detach(overlay, name)
 
     def fill_percent(self, name: str) -> float | None:
-        if not self._exists(name):
+        if not dm.exists(name):
             return None
         return snapshot_fill(run_tool(["dmsetup", "status", name]))
 
-    @staticmethod
-    def _exists(name: str) -> bool:
-        """Whether device-mapper has a device `name`. Every login asks (attach, fill level): the common case,
-        its /dev/mapper node naming a live dm device of that name, costs a stat and a sysfs read; a missing or
-        stale node (no udev here) falls back to asking dmsetup."""
-        try:
-            node = os.stat(Path("/dev/mapper") / name)
-            live = Path(f"/sys/dev/block/{os.major(node.st_rdev)}:{os.minor(node.st_rdev)}/dm/name")
-            if live.read_text().strip() == name:
-                return True
-        except OSError:
-            pass
-        try:
-            run_tool(["dmsetup", "info", "-c", "--noheadings", "-o", "name", name])
-        except BackendFailure:
-            return False
-        return True
+    def room(self) -> tuple[str, int, int] | None:
+        return None  # COW files grow in the store's filesystem
+
+    fill_advice = ("at 100% it becomes invalid and its changes are lost: reset the user, or raise [store] "
+                   "cow_percent for new overlays")
 
 
 def snapshot_fill(status: str) -> float | None:

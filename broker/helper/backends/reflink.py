@@ -82,6 +82,9 @@ class ReflinkBackend:
     def detach(self, overlay: Path, name: str) -> None:
         pass  # a fileio backstore holds the file itself; nothing else to undo
 
+    def discard(self, overlay: Path) -> None:
+        pass  # the clone is in the overlay's directory
+
     def used_bytes(self, overlay: Path) -> int:
         return exclusive_bytes(overlay / DISK)
 
@@ -90,3 +93,8 @@ class ReflinkBackend:
 
     def fill_percent(self, name: str) -> float | None:
         return None  # a clone grows with the filesystem: no per-overlay limit
+
+    def room(self) -> tuple[str, int, int] | None:
+        return None  # clones grow in the store's filesystem
+
+    fill_advice = ""  # fill_percent is always None

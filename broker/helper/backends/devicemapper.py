@@ -1,0 +1,88 @@
+"""What the device-mapper backends (dm-thin, dm-snapshot) share: asking whether a device exists, making
+and removing devices without udev, loop devices, and reading an overlay's whole disk."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from ...shared.errors import BackendFailure
+from ..copies import copy_sparse
+from . import run_tool
+
+MAPPER = Path("/dev/mapper")
+
+
+def exists(name: str) -> bool:
+    """Whether device-mapper has a device `name`. Every login asks (attach, fill level): the common case,
+    its /dev/mapper node naming a live dm device of that name, costs a stat and a sysfs read; a missing or
+    stale node (no udev here) falls back to asking dmsetup."""
+    try:
+        node = os.stat(MAPPER / name)
+        live = Path(f"/sys/dev/block/{os.major(node.st_rdev)}:{os.minor(node.st_rdev)}/dm/name")
+        if live.read_text().strip() == name:
+            return True
+    except OSError:
+        pass
+    try:
+        run_tool(["dmsetup", "info", "-c", "--noheadings", "-o", "name", name])
+    except BackendFailure:
+        return False
+    return True
+
+
+def create(name: str, table: str) -> Path:
+    """Make the dm device `name` with `table` and its /dev/mapper node (no udev in many helper
+    environments); on failure nothing of it is left."""
+    try:
+        run_tool(["dmsetup", "create", name, "--table", table])
+        run_tool(["dmsetup", "mknodes", name])
+    except BackendFailure:
+        if exists(name):
+            run_tool(["dmsetup", "remove", name])
+        raise
+    return MAPPER / name
+
+
+def remove(name: str) -> list[str]:
+    """Remove the dm device `name` and its node; returns the loop devices it used (/dev/loopN)."""
+    deps = run_tool(["dmsetup", "deps", "-o", "devname", name])
+    run_tool(["dmsetup", "remove", name])
+    run_tool(["dmsetup", "mknodes"])
+    return [f"/dev/{loop}" for loop in re.findall(r"\((loop\d+)\)", deps)]
+
+
+def require_target(target: str, module: str) -> None:
+    if target not in run_tool(["dmsetup", "targets"]).split():
+        raise BackendFailure(f"the kernel has no {target} target; load the {module} module")
+
+
+def probe_loop(scratch: Path) -> None:
+    """Fail clearly when loop devices cannot be made."""
+    probe = scratch / "probe-loop"
+    try:
+        with open(probe, "wb") as f:
+            f.truncate(1024 * 1024)
+        loop = run_tool(["losetup", "--find", "--show", str(probe)]).strip()
+        run_tool(["losetup", "--detach", loop])
+    except BackendFailure as e:
+        raise BackendFailure(f"loop devices do not work here ({e.message}); load the loop module") from None
+    finally:
+        probe.unlink(missing_ok=True)
+
+
+def new_loop(path: Path, *options: str) -> str:
+    return run_tool(["losetup", "--find", "--show", *options, str(path)]).strip()
+
+
+def detach_loop(loop: str) -> None:
+    run_tool(["losetup", "--detach", loop])
+
+
+def read_whole(device: Path, destination: Path, size: int) -> None:
+    """Copy `size` bytes of the dm device to the new sparse file `destination`."""
+    try:
+        copy_sparse(device, destination, size)
+    except OSError as e:
+        raise BackendFailure(f"cannot read the overlay's disk {device}: {e.strerror or e}") from None
