@@ -403,7 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("image", help="the image name")
     restore.add_argument("backup", nargs="?", help="a backup name from `bootbroker backups` (default: the newest)")
     add("backups", cmd_backups, "list the backups reset and restore keep: user, image, name, version, bytes used", True)
-    add("sessions", cmd_sessions, "list live boot sessions: who, which image, since when, logged in, overlay size", True)
+    add("sessions", cmd_sessions, "list live boot sessions: who, which image, since when, logged in, overlay size, fill level "
+                                  "(dm-thin: the pool's; dm-snapshot: the COW file's)", True)
     add("health", cmd_health, "show the helper's health summary", True)
     images = sub.add_parser("images", help="manage golden images", description="manage golden images")
     images_sub = images.add_subparsers(dest="images_command", required=True, metavar="ACTION")

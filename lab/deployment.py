@@ -112,6 +112,11 @@ groups = ["bootbroker-helpdesk"]
         self.lab.run(["mkdir", "-p", "/etc/bootbroker", self.store])
         self.lab.run(["tee", self.config], stdin=self.config_text())
 
+    def remove_store(self) -> None:
+        """Delete the store, its immutable golden versions too (the helper stopped, its devices removed)."""
+        self.lab.run(["sh", "-c", f'[ ! -d "{self.store}/images" ] || chattr -R -i "{self.store}/images"'])
+        self.lab.run(["rm", "-rf", self.store])
+
     def start(self, env: dict[str, str] | None = None) -> None:
         self.process = self.lab.spawn(self.cli_argv("helper"), env=env)
         deadline = time.monotonic() + 120

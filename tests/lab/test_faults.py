@@ -64,7 +64,7 @@ def deployment(request: pytest.FixtureRequest, lab: Lab) -> Iterator[Deployment]
         d.stop()
     release_devices(lab)
     if d.backend == "dm-thin":  # its pool holds a quarter of the XFS disk the reflink module's store fills up
-        lab.run(["rm", "-rf", d.store])
+        d.remove_store()
 
 
 def bystander_intact(deployment: Deployment) -> None:
