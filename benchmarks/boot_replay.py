@@ -67,8 +67,9 @@ def make_golden(path: Path, iolog: Path, size: int) -> None:
 
 
 def start_iscsid() -> None:
-    subprocess.run(["modprobe", "iscsi_tcp"], check=True)
+    subprocess.run(["modprobe", "-a", "iscsi_tcp", "sd_mod"], check=True)
     Path("/etc/iscsi").mkdir(exist_ok=True)
+    Path("/run/lock/iscsi").mkdir(parents=True, exist_ok=True)
     Path("/etc/iscsi/initiatorname.iscsi").write_text("InitiatorName=iqn.2026-11.org.example.lab:bench-host\n")
     if subprocess.run(["pidof", "iscsid"], capture_output=True).returncode != 0:
         subprocess.run(["iscsid"], check=True)

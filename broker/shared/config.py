@@ -400,14 +400,14 @@ def parse(data: dict[str, Any], source: str = "<config>") -> Config:
     store_t = r.table("store")
     r.unknown_keys("store", store_t, {"path", "backend", "cow_percent", "pool_percent", "backup_days",
                                       "min_free_percent", "fill_warn_percent"})
-    backend_text = r.value("store", store_t, "backend", str, BackendKind.REFLINK.value)
+    backend_text = r.value("store", store_t, "backend", str, BackendKind.DM_THIN.value)
     try:
         backend = BackendKind(backend_text)
     except ValueError:
         r.problems.append(
             f"[store] backend: must be one of {', '.join(repr(b.value) for b in BackendKind)}, got {backend_text!r}"
         )
-        backend = BackendKind.REFLINK
+        backend = BackendKind.DM_THIN
     cow_percent = _in_range(r, "store", store_t, "cow_percent", 100, 1, 1000)
     backup_days = _in_range(r, "store", store_t, "backup_days", 30, 1, 3650)
     min_free_percent = _in_range(r, "store", store_t, "min_free_percent", 5, 0, 99)

@@ -231,7 +231,7 @@ def test_device_mapper_overlays_report_their_fill_level_and_warn_before_it_is_fu
             assert re.search(r"^mia .* (8|9)\d% ", deployment.cli("sessions").stdout, re.MULTILINE)
         else:
             # (GOLDEN_MIB - 2) MiB of a 1 GiB pool, and what other tests wrote; the overlay holds what mia wrote
-            assert 1 <= row["fill_percent"] < 10, row
+            assert 1 <= row["fill_percent"] < 20, row  # the fuller of data and metadata (10% of a new pool)
             assert (GOLDEN_MIB - 2) << 20 <= row["overlay_bytes"] < (GOLDEN_MIB + 1) << 20, row
             assert "the overlay of mia on demo is" in deployment.log()
             assert "the thin pool every overlay shares" in deployment.log()

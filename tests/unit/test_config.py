@@ -257,3 +257,12 @@ def test_the_longest_names_of_an_accepted_configuration_fit() -> None:
     label = user_label("A" * 64)
     assert len(config.iscsi.iqn.new_initiator("i" * 47, label)) <= MAX_IQN_LENGTH
     assert len(storage_object_name("i" * 47, label)) <= 127
+
+
+def test_dm_thin_is_the_default_backend_and_its_device_names_are_checked_too() -> None:
+    data = example()
+    del data["store"]["backend"]
+    assert parse(data).store.backend is BackendKind.DM_THIN
+    data["images"] = {"i" * 60: {"users": ["*"]}}
+    with pytest.raises(ConfigError, match=r'with backend "dm-thin", its overlays\' device-mapper names would be'):
+        parse(data, "test.toml")
