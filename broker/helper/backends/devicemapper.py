@@ -9,34 +9,35 @@ from pathlib import Path
 
 from ...shared.errors import BackendFailure
 from ..copies import copy_sparse
-from . import run_tool
+from . import Backend, run_tool
 
 MAPPER = Path("/dev/mapper")
 
 
-def exists(name: str) -> bool:
-    """Whether device-mapper has a device `name`. Every login asks (attach, fill level): the common case,
-    its /dev/mapper node naming a live dm device of that name, costs a stat and a sysfs read; a missing or
+def exists(name: str, uuid: str | None = None) -> bool:
+    """Whether device-mapper has a device `name` (with `uuid`, when given: ours, not one another store or
+    program left under the same name). Every login asks (attach, fill level): the common case, its
+    /dev/mapper node naming a live dm device of that name, costs a stat and a sysfs read or two; a missing or
     stale node (no udev here) falls back to asking dmsetup."""
     try:
         node = os.stat(MAPPER / name)
-        live = Path(f"/sys/dev/block/{os.major(node.st_rdev)}:{os.minor(node.st_rdev)}/dm/name")
-        if live.read_text().strip() == name:
-            return True
+        live = Path(f"/sys/dev/block/{os.major(node.st_rdev)}:{os.minor(node.st_rdev)}/dm")
+        if (live / "name").read_text().strip() == name:
+            return uuid is None or (live / "uuid").read_text().strip() == uuid
     except OSError:
         pass
     try:
-        run_tool(["dmsetup", "info", "-c", "--noheadings", "-o", "name", name])
+        found = run_tool(["dmsetup", "info", "-c", "--noheadings", "-o", "uuid", name]).strip()
     except BackendFailure:
         return False
-    return True
+    return uuid is None or found == uuid
 
 
-def create(name: str, table: str) -> Path:
-    """Make the dm device `name` with `table` and its /dev/mapper node (no udev in many helper
+def create(name: str, table: str, uuid: str | None = None) -> Path:
+    """Make the dm device `name` with `table` (and `uuid`) and its /dev/mapper node (no udev in many helper
     environments); on failure nothing of it is left."""
     try:
-        run_tool(["dmsetup", "create", name, "--table", table])
+        run_tool(["dmsetup", "create", name, "--table", table, *(["--uuid", uuid] if uuid else [])])
         run_tool(["dmsetup", "mknodes", name])
     except BackendFailure:
         if exists(name):
@@ -80,9 +81,15 @@ def detach_loop(loop: str) -> None:
     run_tool(["losetup", "--detach", loop])
 
 
-def read_whole(device: Path, destination: Path, size: int) -> None:
-    """Copy `size` bytes of the dm device to the new sparse file `destination`."""
+def materialize(backend: Backend, golden: Path, overlay: Path, name: str, destination: Path) -> None:
+    """Copy the overlay's whole disk (its dm device `name`, attached for the copy if it was not) to the new
+    sparse file `destination`."""
+    was_attached = exists(name)
+    device = backend.attach(golden, overlay, name)
     try:
-        copy_sparse(device, destination, size)
+        copy_sparse(device, destination, golden.stat().st_size)
     except OSError as e:
         raise BackendFailure(f"cannot read the overlay's disk {device}: {e.strerror or e}") from None
+    finally:
+        if not was_attached:
+            backend.detach(overlay, name)

@@ -69,13 +69,7 @@ class DmSnapshotBackend:
         return (overlay / COW).stat().st_blocks * 512
 
     def materialize(self, golden: Path, overlay: Path, name: str, destination: Path) -> None:
-        was_attached = dm.exists(name)
-        device = self.attach(golden, overlay, name)
-        try:
-            dm.read_whole(device, destination, golden.stat().st_size)
-        finally:
-            if not was_attached:
-                self.detach(overlay, name)
+        dm.materialize(self, golden, overlay, name, destination)
 
     def fill_percent(self, name: str) -> float | None:
         if not dm.exists(name):

@@ -177,14 +177,22 @@ class DmThinBackend:
         except (OSError, ValueError) as e:
             raise BackendFailure(f"the overlay {overlay} has no readable {THIN_ID}: {e}") from None
 
+    def _uuid(self, number: int) -> str:
+        """The dm UUID of thin volume `number` of this store's pool: a device of the overlay's name is only
+        taken for the overlay's when it carries it."""
+        return f"{self.pool}-{number}"
+
     def attach(self, golden: Path, overlay: Path, name: str) -> Path:
-        if dm.exists(name):
-            return dm.MAPPER / name
         number = self._thin_id(overlay)
+        if dm.exists(name, self._uuid(number)):
+            return dm.MAPPER / name
+        if dm.exists(name):
+            raise BackendFailure(f"a device-mapper device {name} exists that is not this overlay's thin volume "
+                                 f"(left by another store or program?): remove it (dmsetup remove {name})")
         origin = self._origin(golden)
         sectors = golden.stat().st_size // SECTOR
         try:
-            device = dm.create(name, f"0 {sectors} thin {self.pool_device} {number} {origin}")
+            device = dm.create(name, f"0 {sectors} thin {self.pool_device} {number} {origin}", self._uuid(number))
         except BackendFailure:
             self._release_origin(origin)
             raise
@@ -211,8 +219,8 @@ class DmThinBackend:
             dm.detach_loop(loop)
 
     def detach(self, overlay: Path, name: str) -> None:
-        if not dm.exists(name):
-            return
+        if not (overlay / THIN_ID).exists() or not dm.exists(name, self._uuid(self._thin_id(overlay))):
+            return  # not attached, or the device of that name is not this overlay's
         used = thin_mapped_bytes(run_tool(["dmsetup", "status", name]))
         if used is not None:
             write_atomically(overlay / USED, f"{used}\n".encode(), 0o600)
@@ -238,22 +246,16 @@ class DmThinBackend:
             pass
         except ValueError:
             return 0
+        number = (overlay / THIN_ID).read_text().strip()  # FileNotFoundError when the overlay is gone
         name = storage_object_name(overlay.parent.name, overlay.name)
-        if dm.exists(name):
+        if number.isdigit() and dm.exists(name, self._uuid(int(number))):
             used = thin_mapped_bytes(run_tool(["dmsetup", "status", name]))
             if used is not None:
                 return used
-        (overlay / THIN_ID).stat()  # FileNotFoundError when the overlay is gone
         return 0  # never attached since it was made
 
     def materialize(self, golden: Path, overlay: Path, name: str, destination: Path) -> None:
-        was_attached = dm.exists(name)
-        device = self.attach(golden, overlay, name)
-        try:
-            dm.read_whole(device, destination, golden.stat().st_size)
-        finally:
-            if not was_attached:
-                self.detach(overlay, name)
+        dm.materialize(self, golden, overlay, name, destination)
 
     def fill_percent(self, name: str) -> float | None:
         return self._pool_fill()
