@@ -45,12 +45,18 @@ def working_set(iolog: Path) -> tuple[int, int, list[tuple[int, int]]]:
             end = max(end, offset + length)
             if words[1] == "read":
                 extents.append((offset, length))
-    covered, reach = 0, 0
+    return covered(extents), end, extents
+
+
+def covered(extents: list[tuple[int, int]]) -> int:
+    """How many bytes the (offset, length) extents cover, each byte once."""
+    total, end = 0, 0
     for offset, length in sorted(extents):
-        start = max(offset, reach)
-        covered += max(0, offset + length - start)
-        reach = max(reach, offset + length)
-    return covered, end, extents
+        start = max(offset, end)
+        if offset + length > start:
+            total += offset + length - start
+        end = max(end, offset + length)
+    return total
 
 
 def make_golden(path: Path, iolog: Path, size: int) -> None:

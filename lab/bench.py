@@ -201,14 +201,14 @@ class Bench:
             for layout in BOOT_LAYOUTS:
                 if layout == "mktgt":
                     self.inside("--instance", "boot", "mktgt-setup", "--golden", BOOT_GOLDEN)
-                    result["layouts"][layout] = self._boot_storms(layout, ["--instance", "boot"])
+                    result["layouts"][layout] = self._boot_storms(layout, iolog, ["--instance", "boot"])
                     continue
                 helper = Deployment(self.lab, layout, f"/srv/xfs/boots-{layout}")
                 helper.install()
                 helper.start()
                 helper.cli("images", "publish", "demo", BOOT_GOLDEN, "--no-check")
                 try:
-                    result["layouts"][layout] = self._boot_storms(layout, ["--socket", helper.socket])
+                    result["layouts"][layout] = self._boot_storms(layout, iolog, ["--socket", helper.socket])
                 finally:
                     helper.stop()
                     clear_lio(self.lab)
@@ -217,13 +217,14 @@ class Bench:
             self.helper.start()
         return result
 
-    def _boot_storms(self, layout: str, side: list[str]) -> list[dict[str, Any]]:
+    def _boot_storms(self, layout: str, iolog: Path, side: list[str]) -> list[dict[str, Any]]:
+        """One alone, then each N at once; `side` chooses the helper's socket or mktgt's image (it comes after
+        the main helper's socket in `inside`'s arguments, so it is the one taken)."""
         rows = []
         for count in (1, *self.options.boots):
-            argv = [str(self.lab.python), "benchmarks/inside.py", "--mktgt-root", MKTGT_ROOT, *side, "boots",
-                    "mktgt" if layout == "mktgt" else "bootbroker", "--iolog", str(boot_iolog()),
-                    "--prefix", f"boot{count}-", "--count", str(count), "--store-disk", STORE_DISK]
-            row = {"users": count, **json.loads(self.lab.run(argv, timeout=STEP_TIMEOUT, cwd=str(self.lab.repo)).stdout)}
+            row = {"users": count, **self.inside(
+                *side, "boots", "mktgt" if layout == "mktgt" else "bootbroker", "--iolog", str(iolog),
+                "--prefix", f"boot{count}-", "--count", str(count), "--store-disk", STORE_DISK)}
             rows.append(row)
             log(f"  {layout}, {count} at once: all done in {row['seconds_to_last']:.1f} s, store read "
                 f"{row['store_bytes_read'] / 2**20:.0f} MiB, page cache +{row['page_cache_bytes'] / 2**20:.0f} MiB")

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks.boot_replay import covered  # how a boot's working set is counted, here and in the replay
+
 SECTOR = 512
 EVENTS = "virtio_blk_handle_*"  # virtio_blk_handle_read and virtio_blk_handle_write
 REQUEST = re.compile(r"virtio_blk_handle_(read|write) vdev \S+ req \S+ sector (\d+) nsectors (\d+)")
@@ -43,18 +45,7 @@ class BootIo:
         writes = [(offset, length) for op, offset, length in self.requests if op == "write"]
         return {
             "reads": len(reads), "bytes_read": sum(length for _, length in reads),
-            "distinct_bytes_read": _covered(reads),
+            "distinct_bytes_read": covered(reads),
             "writes": len(writes), "bytes_written": sum(length for _, length in writes),
-            "distinct_bytes_written": _covered(writes),
+            "distinct_bytes_written": covered(writes),
         }
-
-
-def _covered(extents: list[tuple[int, int]]) -> int:
-    """How many bytes the (offset, length) extents cover, each byte once."""
-    total, end = 0, 0
-    for offset, length in sorted(extents):
-        start = max(offset, end)
-        if offset + length > start:
-            total += offset + length - start
-        end = max(end, offset + length)
-    return total

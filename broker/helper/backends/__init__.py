@@ -53,13 +53,14 @@ class Backend(Protocol):
     fill_advice: str
 
 
-# The file each backend keeps in an overlay's directory: which backend made a store's overlays.
-OVERLAY_FILES = {BackendKind.REFLINK: "disk.img", BackendKind.DM_SNAPSHOT: "cow.img", BackendKind.DM_THIN: "thin-id"}
-
-
 def made_by(overlay: Path) -> BackendKind | None:
-    """The backend whose file is in the overlay's directory, if any."""
-    return next((kind for kind, name in OVERLAY_FILES.items() if (overlay / name).exists()), None)
+    """The backend whose file (the one each keeps in an overlay's directory) is in `overlay`, if any."""
+    from .dmsnapshot import COW
+    from .dmthin import THIN_ID
+    from .reflink import DISK
+
+    files = {BackendKind.REFLINK: DISK, BackendKind.DM_SNAPSHOT: COW, BackendKind.DM_THIN: THIN_ID}
+    return next((kind for kind, name in files.items() if (overlay / name).exists()), None)
 
 
 def run_tool(argv: list[str], timeout: float = 60) -> str:

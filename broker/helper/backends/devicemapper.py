@@ -77,6 +77,18 @@ def new_loop(path: Path, *options: str) -> str:
     return run_tool(["losetup", "--find", "--show", *options, str(path)]).strip()
 
 
+def loop_for(path: Path, *, read_only: bool, direct_io: bool) -> str:
+    """A loop device of `path` with these settings: the one attached already (by an earlier start, or for
+    another overlay), else a new one."""
+    listed = run_tool(["losetup", "--list", "--noheadings", "--raw", "--output", "NAME,RO,DIO", "--associated", str(path)])
+    wanted = (str(int(read_only)), str(int(direct_io)))
+    for line in listed.splitlines():
+        loop, *flags = line.split()
+        if tuple(flags) == wanted:
+            return loop
+    return new_loop(path, *(["--read-only"] if read_only else []), *(["--direct-io=on"] if direct_io else []))
+
+
 def detach_loop(loop: str) -> None:
     run_tool(["losetup", "--detach", loop])
 

@@ -50,6 +50,22 @@ def metadata_bytes(data_bytes: int) -> int:
     return min(max(data_bytes // BLOCK * 128, 16 * 2**20), 15 * 2**30 + 800 * 2**20) // 4096 * 4096
 
 
+def pool_blocks(status: str) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """(used, total) metadata blocks and (used, total) data blocks from `dmsetup status` of a thin-pool
+    ("0 2048 thin-pool 1 88/4096 10/16 - rw ..."); None when it has no such figures (failed, or another
+    target)."""
+    fields = status.split()
+    if fields[2:3] != ["thin-pool"] or len(fields) < 6:
+        return None
+    pairs = []
+    for field in fields[4:6]:
+        used, _, total = field.partition("/")
+        if not (used.isdigit() and total.isdigit()):
+            return None
+        pairs.append((int(used), int(total)))
+    return pairs[0], pairs[1]
+
+
 def pool_fill(status: str) -> float | None:
     """The pool's fill level, the fuller of data and metadata, from `dmsetup status` of a thin-pool:
     "0 2048 thin-pool 1 88/4096 10/16 - rw ..." is 62.5 %; a pool out of space, read-only or failed is 100;
@@ -59,13 +75,10 @@ def pool_fill(status: str) -> float | None:
         return None
     if fields[3] == "Fail" or (len(fields) > 7 and fields[7] in ("out_of_data_space", "ro")):
         return 100.0
-    levels = []
-    for field in fields[4:6]:
-        used, _, total = field.partition("/")
-        if not (used.isdigit() and total.isdigit()) or int(total) == 0:
-            return None
-        levels.append(100.0 * int(used) / int(total))
-    return max(levels) if len(levels) == 2 else None
+    blocks = pool_blocks(status)
+    if blocks is None or 0 in (blocks[0][1], blocks[1][1]):
+        return None
+    return max(100.0 * used / total for used, total in blocks)
 
 
 def thin_mapped_bytes(status: str) -> int | None:
@@ -107,7 +120,8 @@ class DmThinBackend:
         elif not (data.exists() and metadata.exists()):
             raise BackendFailure(f"the thin pool in {self.directory} has lost its {DATA if not data.exists() else METADATA} "
                                  "file: its overlays cannot be read; restore it from a backup of the store")
-        loops = [self._loop_of(metadata), self._loop_of(data)]
+        # direct I/O: the pool's own writes must not fill the page cache
+        loops = [dm.loop_for(path, read_only=False, direct_io=True) for path in (metadata, data)]
         sectors = data.stat().st_size // SECTOR
         low_water = sectors * SECTOR // BLOCK // 20  # a dm event at 95% full (the helper's own checks come first)
         try:
@@ -137,13 +151,6 @@ class DmThinBackend:
         write_atomically(self.directory / NEXT_ID, b"1\n", 0o600)
         log.info("new thin pool in %s: %.1f GiB of data, %.0f MiB of metadata", self.directory, size / 2**30,
                  metadata_bytes(size) / 2**20)
-
-    @staticmethod
-    def _loop_of(path: Path) -> str:
-        """The pool file's loop device (direct I/O: the pool's writes must not fill the page cache): one
-        left from before the helper stopped, else a new one."""
-        listed = run_tool(["losetup", "--list", "--noheadings", "--raw", "--output", "NAME", "--associated", str(path)])
-        return listed.split()[0] if listed.split() else dm.new_loop(path, "--direct-io=on")
 
     def create(self, golden: Path, work: Path) -> None:
         number = self._next_id()
@@ -189,7 +196,8 @@ class DmThinBackend:
         if dm.exists(name):
             raise BackendFailure(f"a device-mapper device {name} exists that is not this overlay's thin volume "
                                  f"(left by another store or program?): remove it (dmsetup remove {name})")
-        origin = self._origin(golden)
+        # the version's one buffered loop device: its page cache is the one every overlay of it reads through
+        origin = dm.loop_for(golden, read_only=True, direct_io=False)
         sectors = golden.stat().st_size // SECTOR
         try:
             device = dm.create(name, f"0 {sectors} thin {self.pool_device} {number} {origin}", self._uuid(number))
@@ -200,27 +208,24 @@ class DmThinBackend:
         return device
 
     @staticmethod
-    def _origin(golden: Path) -> str:
-        """The golden version's one read-only, buffered loop device (its page cache is the one cache every
-        overlay of the version reads through): the one in use, else a new one."""
-        listed = run_tool(["losetup", "--list", "--noheadings", "--raw", "--output", "NAME,RO,DIO",
-                           "--associated", str(golden)])
-        for line in listed.splitlines():
-            loop, read_only, direct = line.split()
-            if (read_only, direct) == ("1", "0"):
-                return loop
-        return dm.new_loop(golden, "--read-only")
-
-    @staticmethod
     def _release_origin(loop: str) -> None:
         """Detach an origin loop device no overlay uses any more."""
         holders = Path("/sys/block") / Path(loop).name / "holders"
         if not any(holders.iterdir()):
             dm.detach_loop(loop)
 
+    def _attached(self, overlay: Path, name: str) -> bool:
+        """Whether the device `name` is attached and is this overlay's thin volume (FileNotFoundError: the
+        overlay is gone)."""
+        number = (overlay / THIN_ID).read_text().strip()
+        return number.isdigit() and dm.exists(name, self._uuid(int(number)))
+
     def detach(self, overlay: Path, name: str) -> None:
-        if not (overlay / THIN_ID).exists() or not dm.exists(name, self._uuid(self._thin_id(overlay))):
-            return  # not attached, or the device of that name is not this overlay's
+        try:
+            if not self._attached(overlay, name):
+                return  # not attached, or the device of that name is not this overlay's
+        except FileNotFoundError:
+            return
         used = thin_mapped_bytes(run_tool(["dmsetup", "status", name]))
         if used is not None:
             write_atomically(overlay / USED, f"{used}\n".encode(), 0o600)
@@ -246,9 +251,8 @@ class DmThinBackend:
             pass
         except ValueError:
             return 0
-        number = (overlay / THIN_ID).read_text().strip()  # FileNotFoundError when the overlay is gone
         name = storage_object_name(overlay.parent.name, overlay.name)
-        if number.isdigit() and dm.exists(name, self._uuid(int(number))):
+        if self._attached(overlay, name):  # FileNotFoundError when the overlay is gone
             used = thin_mapped_bytes(run_tool(["dmsetup", "status", name]))
             if used is not None:
                 return used
@@ -268,8 +272,9 @@ class DmThinBackend:
     def room(self) -> tuple[str, int, int] | None:
         if not dm.exists(self.pool):
             return None
-        fields = run_tool(["dmsetup", "status", self.pool]).split()
-        used, _, total = fields[5].partition("/") if len(fields) > 5 else ("", "", "")
-        if not (used.isdigit() and total.isdigit()):
-            raise BackendFailure(f"the thin pool {self.pool} is not usable: {' '.join(fields[3:])}")
-        return "the thin pool", (int(total) - int(used)) * BLOCK, int(total) * BLOCK
+        status = run_tool(["dmsetup", "status", self.pool])
+        blocks = pool_blocks(status)
+        if blocks is None:
+            raise BackendFailure(f"the thin pool {self.pool} is not usable: {' '.join(status.split()[3:])}")
+        used, total = blocks[1]
+        return "the thin pool", (total - used) * BLOCK, total * BLOCK
