@@ -4,7 +4,8 @@ import pytest
 
 from broker.helper.backends import filesystem_type, run_tool
 from broker.helper.backends.dmsnapshot import snapshot_fill
-from broker.helper.backends.dmthin import metadata_bytes, pool_fill, pool_name, thin_mapped_bytes
+from broker.helper.backends import devicemapper as dm
+from broker.helper.backends.dmthin import DmThinBackend, metadata_bytes, pool_fill, pool_name, thin_mapped_bytes
 from broker.helper.backends.reflink import ReflinkBackend
 from broker.shared.errors import BackendFailure
 
@@ -77,3 +78,18 @@ def test_each_store_has_its_own_pool_name(tmp_path: Path) -> None:
     one, other = pool_name(tmp_path / "a" / "pool"), pool_name(tmp_path / "b" / "pool")
     assert one != other and one.startswith("bb-pool-") and len(one) == len("bb-pool-") + 12
     assert pool_name(tmp_path / "a" / "pool") == one
+
+
+def test_a_thin_volume_device_of_the_overlays_name_but_not_its_uuid_is_refused_not_taken(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = DmThinBackend(tmp_path / "pool", pool_percent=75)
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    (overlay / "thin-id").write_text("7\n")
+    devices = {"bb.demo.dave": "bb-pool-other-7"}  # another store's volume 7 under the same name
+    monkeypatch.setattr(dm, "exists", lambda name, uuid=None: name in devices and uuid in (None, devices[name]))
+    monkeypatch.setattr(dm, "loop_for", lambda *a, **k: pytest.fail("attach went on to make a device"))
+    with pytest.raises(BackendFailure, match="bb.demo.dave exists that is not this overlay's thin volume"):
+        backend.attach(tmp_path / "golden.img", overlay, "bb.demo.dave")
+    devices["bb.demo.dave"] = f"{backend.pool}-7"  # its own: taken as it is
+    assert backend.attach(tmp_path / "golden.img", overlay, "bb.demo.dave") == dm.MAPPER / "bb.demo.dave"
