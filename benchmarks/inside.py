@@ -12,7 +12,8 @@ image from the same kind of filesystem, on the VM's kernel:
   fill          users filler<FIRST>..filler<N-1> log in once each on one side: N targets in all
   logins        warm logins (a user with a target: new credentials) and cold ones (new users), timed
   overlays      overlay creation for a 1 GiB and a 100 GiB sparse golden image, each approach
-  io            qemu-img bench through iSCSI on users' overlays and on a target of the golden image itself
+  io            qemu-img bench through iSCSI on users' disks each way they are exported, and on the golden image
+                exported the same way (benchmarks/target_io.py)
   storm         users <PREFIX>0..<N-1> log in through the broker and boot, all at once (password on stdin)
   boot-golden   a golden image for `boots`: the recorded boot's disk, random bytes wherever the boot reads
   boots         users <PREFIX>0..<N-1> get their disks on one side, then replay a real boot's I/O all at once
@@ -25,7 +26,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import shutil
 import socket
 import statistics
@@ -34,14 +34,14 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from broker.helper.backends.dmsnapshot import DmSnapshotBackend
 from broker.helper.backends.reflink import ReflinkBackend
-from broker.shared.config import Portal
 from broker.shared.helper_client import HelperClient
-from broker.helper.lio import Lio
+from broker.helper.lio import FileioCache
 import boot_replay  # benchmarks/boot_replay.py
+import target_io  # benchmarks/target_io.py
 from timing import timed  # benchmarks/timing.py: run as python benchmarks/NAME.py
 from visits import Client, all_at_once, failures
 
@@ -49,7 +49,6 @@ MKTGT = Path(__file__).resolve().parent / "mktgt" / "mktgt"
 MKTGT_CONTROL_PORT = "7"  # tgtd's control port (the caller starts tgtd with -C 7)
 MKTGT_ISCSI_PORT = 3261  # LIO holds 3260 in the same VM
 GIB = 2**30
-GOLDEN_SECRET = "goldensecret12345"  # the golden-image targets' CHAP secret (a benchmark in a throwaway VM)
 
 
 def say(message: str) -> None:
@@ -202,111 +201,64 @@ def cmd_overlays(args: argparse.Namespace) -> Any:
 
 # I/O
 
-WORKLOADS = {  # name -> qemu-img bench options: 1 MiB in order, or 4 KiB scattered over the whole disk
-    "sequential read": ["-s", "1M"],
-    "scattered read": ["-s", "4K", "-S", str(4099 * 4096)],  # an odd stride: every 4 KiB block once
-    "sequential write": ["-w", "-s", "1M"],
-    "scattered write": ["-w", "-s", "4K", "-S", str(4099 * 4096)],
-}
-SCATTERED = 8192  # 4 KiB requests per scattered run (32 MiB)
-RUN_COMPLETED = re.compile(r"Run completed in ([\d.]+) seconds")
-
-
-class Endpoint(NamedTuple):
-    """An iSCSI LUN and the credentials to log in to it."""
-
-    target: str
-    lun: int
-    chap_user: str
-    secret: str
-    initiator: str
-
-
-def bench(portal: str, at: Endpoint, workload: str, size: int) -> float:
-    """MiB/s of one qemu-img bench run, 16 requests in flight: sequential ones cover the whole disk (`size`
-    bytes), scattered ones make SCATTERED requests. The page cache is dropped first: a clone's pages are
-    not its original's, so whichever file was read or written last would otherwise start warm."""
-    options = WORKLOADS[workload]
-    count = size // 2**20 if "1M" in options else SCATTERED
-    subprocess.run(["sync"], check=True)
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
-    # qemu-img bench takes no --object secret: the CHAP secret goes in the options (a throwaway VM's argv).
-    image = (f"driver=iscsi,transport=tcp,portal={portal},target={at.target},lun={at.lun},user={at.chap_user},"
-             f"password={at.secret},initiator-name={at.initiator}")
-    done = subprocess.run(
-        ["qemu-img", "bench", "--image-opts", image,
-         "-c", str(count), "-d", "16", "-t", "none", *options],
-        capture_output=True, text=True, check=False, timeout=1800,
-    )
-    found = RUN_COMPLETED.search(done.stdout)
-    if done.returncode != 0 or found is None:
-        raise RuntimeError(f"qemu-img bench {workload} on {at.target} failed: {done.stderr.strip() or done.stdout}")
-    return count * (2**20 if "1M" in options else 4096) / 2**20 / float(found[1])
-
 
 def cmd_io(args: argparse.Namespace) -> Any:
-    """Each workload on: a user's overlay target and a target on a plain copy of the golden image, for both
-    approaches. Writes go to fresh overlays (first writes: the copy-on-write case), one per sample."""
+    """Each workload on each kind of disk (benchmarks/target_io.py): {"disks": {name: {workload: [MiB/s...]}},
+    "pairs": [[overlay, golden target], ...]}."""
     golden = Path(args.golden)
     size = golden.stat().st_size
     initiator = "iqn.2026-11.org.example.lab:bench-client"
-    results: dict[str, Any] = {}
+    disks: dict[str, Any] = {}
+    pairs: list[tuple[str, str]] = []
+    lio_portal = "127.0.0.1:3260"
 
-    # bootbroker: users' overlays through the helper; the golden target made the same way (broker.lio)
+    def measured(name: str, fresh: Callable[[], target_io.Endpoint]) -> None:
+        disks[name] = target_io.measure(name, fresh, size, args.repeat)
+
+    made = target_io.Disks(golden, Path(args.work_dir), lio_portal, initiator)
+    try:
+        for cache in FileioCache:
+            measured(f"golden fileio {cache.value}", made.golden_fileio(cache))
+            measured(f"reflink {cache.value}", made.reflink(cache))
+            pairs.append((f"reflink {cache.value}", f"golden fileio {cache.value}"))
+        measured("golden block", made.golden_block())
+    finally:
+        made.close()
+
     broker = Bootbroker(args.socket, args.image)
-    plain = Path(args.golden_copy_dir) / "golden-target.img"
-    shutil.copyfile(golden, plain)
-    lio = Lio([Portal.parse("0.0.0.0:3260")])
-    golden_iqn = "iqn.2026-11.org.example.lab.bench:golden"
-    lio.ensure_target(golden_iqn, "bench-golden", "fileio", plain)
-    lio.ensure_acl(golden_iqn, initiator, "golden", GOLDEN_SECRET)
     users = iter(f"io-{i}" for i in range(1000))
 
-    def lio_overlay() -> Endpoint:
+    def helper_overlay() -> target_io.Endpoint:
         g = broker.login(next(users))
-        return Endpoint(g["target_iqn"], g["lun"], g["chap_user"], g["chap_secret"], g["initiator_iqn"])
+        return target_io.Endpoint(lio_portal, g["target_iqn"], g["lun"], g["chap_user"], g["chap_secret"],
+                                  g["initiator_iqn"])
 
-    results["bootbroker"] = _measure("127.0.0.1:3260", lio_overlay,
-                                     Endpoint(golden_iqn, 0, "golden", GOLDEN_SECRET, initiator), size, args.repeat)
-    lio.delete_target(golden_iqn, "bench-golden", "fileio")
-    plain.unlink()
+    measured(args.layout, helper_overlay)
+    pairs.append((args.layout, "golden block"))
 
     # mktgt: users' snapshots through the script; the golden target on a plain copy, with tgtadm
     mktgt = Mktgt(args.mktgt_root)
     plain = mktgt.root / "golden-target.img"
     shutil.copyfile(golden, plain)
     tgtadm = ["tgtadm", "--lld", "iscsi", "-C", MKTGT_CONTROL_PORT]
-    tid, golden_iqn = "30000", "iqn.2026-11.org.example.lab.bench:golden-tgt"
+    tid, golden_iqn = "30000", f"{target_io.PREFIX}:golden-tgt"
     for step in (["--op", "new", "--mode", "target", "--tid", tid, "--targetname", golden_iqn],
                  ["--op", "new", "--mode", "logicalunit", "--tid", tid, "--lun", "1", "--backing-store", str(plain)],
                  ["--op", "bind", "--mode", "target", "--tid", tid, "--initiator-address", "ALL"],
-                 ["--op", "new", "--mode", "account", "--user", "golden", "--password", GOLDEN_SECRET],
+                 ["--op", "new", "--mode", "account", "--user", "golden", "--password", target_io.GOLDEN_SECRET],
                  ["--op", "bind", "--mode", "account", "--tid", tid, "--user", "golden"]):
         subprocess.run(tgtadm + step, check=True, capture_output=True)
+    tgt_portal = f"127.0.0.1:{MKTGT_ISCSI_PORT}"
 
-    def tgt_overlay() -> Endpoint:
+    def tgt_overlay() -> target_io.Endpoint:
         user = next(users)
-        return Endpoint(mktgt.target(user), 1, user, mktgt.login(user), initiator)
+        return target_io.Endpoint(tgt_portal, mktgt.target(user), 1, user, mktgt.login(user), initiator)
 
-    results["mktgt"] = _measure(f"127.0.0.1:{MKTGT_ISCSI_PORT}", tgt_overlay,
-                                Endpoint(golden_iqn, 1, "golden", GOLDEN_SECRET, initiator), size, args.repeat)
-    return results
-
-
-def _measure(portal: str, fresh: Callable[[], Endpoint], golden: Endpoint, size: int,
-             repeat: int) -> dict[str, dict[str, list[float]]]:
-    """{workload: {"overlay": [MiB/s...], "golden": [MiB/s...]}}; reads repeat on one user's overlay,
-    writes take a fresh overlay each."""
-    figures: dict[str, dict[str, list[float]]] = {}
-    reader = fresh()
-    for workload in WORKLOADS:
-        writes = "write" in workload
-        overlay = [bench(portal, fresh() if writes else reader, workload, size) for _ in range(repeat)]
-        plain = [bench(portal, golden, workload, size) for _ in range(repeat)]
-        figures[workload] = {"overlay": overlay, "golden": plain}
-        say(f"    {portal} {workload}: overlay {statistics.median(overlay):.1f} MiB/s, "
-            f"golden {statistics.median(plain):.1f} MiB/s")
-    return figures
+    golden_tgt = target_io.Endpoint(tgt_portal, golden_iqn, 1, "golden", target_io.GOLDEN_SECRET, initiator)
+    measured("golden tgtd", lambda: golden_tgt)
+    measured("mktgt", tgt_overlay)
+    pairs.append(("mktgt", "golden tgtd"))
+    return {"disks": disks, "pairs": pairs, "flush_every": target_io.FLUSH_EVERY}
 
 
 def cmd_storm(args: argparse.Namespace) -> Any:
@@ -367,7 +319,9 @@ def main(argv: list[str]) -> int:
     overlays.set_defaults(run=cmd_overlays)
     io = steps.add_parser("io")
     io.add_argument("--golden", required=True, help="the published golden image's file")
-    io.add_argument("--golden-copy-dir", required=True, help="where the plain copy for the golden target goes")
+    io.add_argument("--work-dir", required=True, help="for the golden image's plain copy and the reflink clones "
+                    "(on the golden image's filesystem: XFS or btrfs)")
+    io.add_argument("--layout", required=True, help="the running helper's backend, as the figures name it")
     io.add_argument("--repeat", type=int, default=3)
     io.set_defaults(run=cmd_io)
     storm = steps.add_parser("storm")

@@ -12,7 +12,8 @@ and the storms' client, on the VM's loopback: through qemu's forward a storm wou
    step alone on each side (bootbroker's ensure_session, one run of mktgt), warm and cold;
 2. boot storms: N users, none with a disk yet, log in and boot at the same moment (from inside the VM);
 3. overlay creation for a 1 GiB and a 100 GiB sparse golden image;
-4. I/O through iSCSI on users' overlays against a target on the golden image itself;
+4. I/O through iSCSI on each kind of user disk against the golden image exported the same way
+   (benchmarks/target_io.py; users' overlays from a dm-thin helper of its own);
 5. boots: N users' workstations boot at once, each replaying a real OS boot's recorded disk I/O through a
    kernel iSCSI session on its own disk: dm-thin and reflink (each on a helper of its own) and mktgt's
    layout, every one from the same XFS disk, whose reads are counted.
@@ -26,7 +27,8 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
@@ -52,6 +54,7 @@ STEPS = ("logins", "storms", "overlays", "io", "boots")
 BOOT_LAYOUTS = ("dm-thin", "reflink", "mktgt")
 BOOT_GOLDEN = "/srv/xfs/boot-golden.img"
 STORE_DISK = "vdb"  # /srv/xfs: every store of the benchmark
+IO_LAYOUT = "dm-thin"  # the default backend: its overlays in the io step
 
 
 @dataclass(frozen=True)
@@ -187,34 +190,51 @@ class Bench:
         return result
 
 
+    @contextmanager
+    def own_helper(self, layout: str, golden: str) -> Iterator[Deployment]:
+        """A helper of `layout` on a store of its own serving `golden` as image demo, while the main helper
+        is stopped (another helper's start-up would remove its targets as strays); the main one is started
+        again after."""
+        self.helper.stop()
+        clear_lio(self.lab)
+        helper = Deployment(self.lab, layout, f"/srv/xfs/{layout}-helper")
+        try:
+            helper.install()
+            helper.start()
+            helper.cli("images", "publish", "demo", golden, "--no-check")
+            yield helper
+        finally:
+            if helper.process is not None:
+                helper.stop()
+            clear_lio(self.lab)
+            helper.remove_devices()
+            helper.remove_store()
+            self.helper.install()
+            self.helper.start()
+
+    def io(self) -> dict[str, Any]:
+        """Each kind of disk against the golden image exported the same way; users' overlays from a helper
+        on the default backend."""
+        with self.own_helper(IO_LAYOUT, GOLDEN) as helper:
+            figures: dict[str, Any] = self.inside(
+                "--socket", helper.socket, "io", "--golden", GOLDEN, "--work-dir", "/srv/xfs/io", "--layout", IO_LAYOUT,
+                "--repeat", str(self.options.io_repeat))
+        return figures
+
     def boots(self) -> dict[str, Any]:
-        """For each layout, 1 user alone then each N at once replay the boot; the main helper stops meanwhile
-        (another helper's start-up would remove its targets as strays) and is started again after."""
+        """For each layout, 1 user alone then each N at once replay the boot."""
         iolog = boot_iolog()
         _, reach, _ = working_set(iolog)
         figures = self.inside("boot-golden", "--golden", BOOT_GOLDEN, "--iolog", str(iolog),
                               "--size", str(-(-reach // 2**20) * 2**20))
         result: dict[str, Any] = {"iolog": iolog.name, "working_set": figures["working_set"], "layouts": {}}
-        self.helper.stop()
-        clear_lio(self.lab)
-        try:
-            for layout in BOOT_LAYOUTS:
-                if layout == "mktgt":
-                    self.inside("--instance", "boot", "mktgt-setup", "--golden", BOOT_GOLDEN)
-                    result["layouts"][layout] = self._boot_storms(layout, iolog, ["--instance", "boot"])
-                    continue
-                helper = Deployment(self.lab, layout, f"/srv/xfs/boots-{layout}")
-                helper.install()
-                helper.start()
-                helper.cli("images", "publish", "demo", BOOT_GOLDEN, "--no-check")
-                try:
-                    result["layouts"][layout] = self._boot_storms(layout, iolog, ["--socket", helper.socket])
-                finally:
-                    helper.stop()
-                    clear_lio(self.lab)
-        finally:
-            self.helper.install()
-            self.helper.start()
+        for layout in BOOT_LAYOUTS:
+            if layout == "mktgt":
+                self.inside("--instance", "boot", "mktgt-setup", "--golden", BOOT_GOLDEN)
+                result["layouts"][layout] = self._boot_storms(layout, iolog, ["--instance", "boot"])
+                continue
+            with self.own_helper(layout, BOOT_GOLDEN) as helper:
+                result["layouts"][layout] = self._boot_storms(layout, iolog, ["--socket", helper.socket])
         return result
 
     def _boot_storms(self, layout: str, iolog: Path, side: list[str]) -> list[dict[str, Any]]:
@@ -279,8 +299,7 @@ def run_bench(lab: Lab, options: Options, save: Callable[[dict[str, Any]], None]
         save(results)
     if "io" in options.steps:
         log("I/O through iSCSI")
-        results["io"] = bench.inside("io", "--golden", GOLDEN, "--golden-copy-dir", "/srv/xfs",
-                                     "--repeat", str(options.io_repeat))
+        results["io"] = bench.io()
         save(results)
     if "boots" in options.steps:
         log("boot storms replaying a real boot's I/O")

@@ -13,6 +13,7 @@ import select
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,6 +112,16 @@ groups = ["bootbroker-helpdesk"]
     def install(self) -> None:
         self.lab.run(["mkdir", "-p", "/etc/bootbroker", self.store])
         self.lab.run(["tee", self.config], stdin=self.config_text())
+
+    def remove_devices(self) -> None:
+        """Remove the helper's device-mapper devices (users' volumes, then thin pools) and the loop devices of
+        its store's files, the helper stopped; other programs' devices (mktgt's snapshots) stay."""
+        self.lab.run(["sh", "-c", f"""
+for d in $(dmsetup ls | awk '$1 ~ /^bb[.]/ {{print $1}}') $(dmsetup ls | awk '$1 ~ /^bb-pool-/ {{print $1}}'); do
+    dmsetup remove "$d"
+done
+for l in $(losetup -nO NAME,BACK-FILE | awk '$2 ~ "^{self.store}/" {{print $1}}'); do losetup -d "$l"; done
+"""])
 
     def remove_store(self) -> None:
         """Delete the store, its immutable golden versions too (the helper stopped, its devices removed)."""
@@ -273,6 +284,9 @@ def expect_refused(result: LabResult | LabCommandError, code: str) -> None:
     assert f"{code}:" in result.stderr, result.stderr
 
 
+QEMU_IO_PROMPT = b"qemu-io> "
+
+
 class Workstation:
     """qemu-io kept running on one iSCSI session: a workstation that stays logged in between commands.
     Use as a context manager (the process is killed at the end)."""
@@ -284,7 +298,8 @@ class Workstation:
         )
         assert self.process.stdout is not None
         self._fd = self.process.stdout.fileno()  # read unbuffered: a buffered line would escape select()
-        self.output = ""  # everything it printed so far, for assertion messages
+        # everything it printed so far, for assertion messages; first its login and first prompt
+        self.output = self._read_until(lambda seen: seen.endswith(QEMU_IO_PROMPT), 120)
 
     def __enter__(self) -> Workstation:
         return self
@@ -293,15 +308,12 @@ class Workstation:
         self.process.kill()
         self.process.wait()
 
-    def command(self, line: str, seconds: float = 60) -> str:
-        """Send one qemu-io command; what it printed until its statistics line or its error ("read failed:
-        ..."), or until `seconds` passed (a command whose I/O hangs prints nothing)."""
-        assert self.process.stdin is not None
-        self.process.stdin.write(line.encode() + b"\n")
-        self.process.stdin.flush()
+    def _read_until(self, finished: Callable[[bytes], bool], seconds: float) -> str:
+        """What qemu-io prints until `finished` says so, it exits, or `seconds` pass (I/O that hangs prints
+        nothing)."""
         seen = b""
         deadline = time.monotonic() + seconds
-        while b"ops/sec" not in seen and b" failed: " not in seen and time.monotonic() < deadline:
+        while not finished(seen) and time.monotonic() < deadline:
             ready, _, _ = select.select([self._fd], [], [], deadline - time.monotonic())
             if not ready:
                 break
@@ -309,9 +321,31 @@ class Workstation:
             if not chunk:
                 break
             seen += chunk
-        text = seen.decode(errors="replace")
+        return seen.decode(errors="replace")
+
+    def _send(self, line: str) -> None:
+        # One line at a time, each after the prompt that ends the last one: qemu-io reads stdin through stdio,
+        # and a second line already buffered there waits unseen until more input comes.
+        assert self.process.stdin is not None
+        self.process.stdin.write(line.encode() + b"\n")
+        self.process.stdin.flush()
+
+    def command(self, line: str, seconds: float = 60) -> str:
+        """Send one qemu-io command; what it printed until its statistics line or its error ("read failed:
+        ..."), and the prompt after it, or until `seconds` passed."""
+        self._send(line)
+        text = self._read_until(
+            lambda seen: (b"ops/sec" in seen or b" failed: " in seen) and seen.endswith(QEMU_IO_PROMPT), seconds)
         self.output += f"> {line}\n{text}"
         return text
+
+    def flushes(self, seconds: float = 60) -> bool:
+        """Whether a flush (SYNCHRONIZE CACHE) completed: qemu-io prints nothing for one but its next prompt
+        (or its error)."""
+        self._send("flush")
+        text = self._read_until(lambda seen: seen.endswith(QEMU_IO_PROMPT), seconds)
+        self.output += f"> flush\n{text}"
+        return text.endswith(QEMU_IO_PROMPT.decode()) and "failed" not in text
 
     def completes(self, line: str, seconds: float = 60) -> bool:
         """Whether a read or write command completed (and a read's -P pattern matched)."""

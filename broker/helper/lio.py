@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -54,6 +55,25 @@ T = TypeVar("T")
 _KINDS: dict[str, tuple[Any, str]] = {"fileio": (FileIOStorageObject, "fileio"), "block": (BlockStorageObject, "iblock")}
 
 
+class FileioCache(Enum):
+    """How LIO writes a fileio backstore's file. A block backstore has no such choice: LIO reports its
+    device's own cache (a loop or device-mapper device over a file: a write cache, flushed on request)."""
+
+    #: the file opened O_DSYNC: every write is on disk when it completes; no write cache reported
+    WRITE_THROUGH = "write-through"
+    #: the kernel's asynchronous I/O (fd_async_io): direct I/O that ignores O_DSYNC (only FUA writes are synced) while no
+    #: write cache is reported, so the initiator never flushes: a write into a clone's shared or new extent
+    #: completes before the file's metadata that maps it is on disk. Measured (fastest), never used.
+    DIRECT_AIO = "direct-aio"
+    #: buffered in the page cache, a write cache reported to the initiator (WCE): its flushes
+    #: (SYNCHRONIZE CACHE) and FUA writes are synced to the file before they complete
+    WRITE_BACK = "write-back"
+
+    def options(self) -> dict[str, bool]:
+        """rtslib-fb's FileIOStorageObject arguments."""
+        return {"write_back": self is FileioCache.WRITE_BACK, "aio": self is FileioCache.DIRECT_AIO}
+
+
 @dataclass(frozen=True)
 class Inventory:
     """What LIO holds of ours: target IQNs (with their ACL initiators) and storage object names."""
@@ -91,8 +111,9 @@ def _rolled_back(created: list[Any]) -> None:
 
 
 class Lio:
-    def __init__(self, portals: Iterable[Portal]) -> None:
+    def __init__(self, portals: Iterable[Portal], fileio_cache: FileioCache = FileioCache.WRITE_BACK) -> None:
         self.portals = tuple(portals)
+        self.fileio_cache = fileio_cache
         self._fabric: Any = None
         self.numbers = BackstoreNumbers(CONFIGFS_TARGET / "core")
 
@@ -136,7 +157,7 @@ class Lio:
         took meanwhile ("already exists in configFS": targetcli, a site's own tooling, or an HBA directory it
         left empty) makes us read configfs again and take the next free one, once."""
         cls, kind = _KINDS[backstore]
-        extra = {"size": device.stat().st_size} if backstore == "fileio" else {}
+        extra = {"size": device.stat().st_size, **self.fileio_cache.options()} if backstore == "fileio" else {}
 
         def made() -> Any:
             try:

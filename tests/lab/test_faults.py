@@ -250,6 +250,10 @@ def test_after_a_power_cut_live_sessions_come_back_and_the_workstation_reconnect
     revoked = deployment.ensure_session("revoked")
     with Workstation(lab, grant) as workstation:
         assert workstation.completes("write -f -P 0x50 0 64k")  # -f: FUA, on the disk when it completes
+        # Written to blocks the overlay does not have yet (16 new thin blocks and the pool's metadata, a clone's
+        # copies on write, a snapshot's new chunks: a third of its 3.2 MiB COW), then flushed as an OS syncs:
+        # on the disk too, whatever the write cache.
+        assert workstation.completes("write -P 0x52 1M 1M") and workstation.flushes(), workstation.output
         deployment.cli("end-session", "revoked", "demo")  # the moment before the cut: it must stay ended
         lab.power_cut()
         deployment.process = None
@@ -260,6 +264,7 @@ def test_after_a_power_cut_live_sessions_come_back_and_the_workstation_reconnect
         # the same qemu-io, which lost its connection with the power, logs in again with the same
         # credentials (libiscsi reconnects by itself) and reads what it wrote before the cut
         assert workstation.completes("read -P 0x50 0 64k", seconds=180), workstation.output
+        assert workstation.completes("read -P 0x52 1M 1M"), workstation.output
         assert workstation.completes("write -P 0x51 64k 64k")
         assert deployment.initiators(grant.target_iqn) == {grant.initiator_iqn: True}
     # Not put back: no target (only live sessions' targets are made again after a reboot), so no ACL.

@@ -117,3 +117,29 @@ def test_other_errors_are_not_retried_and_leave_the_number_free(
     assert asked == [1]
     assert refusing.numbers.of("iblock", "bb.demo.new") is None
     assert refusing.numbers.take("iblock", "next") == 1
+
+
+@pytest.mark.parametrize("cache, options", [
+    (lio.FileioCache.WRITE_THROUGH, {"write_back": False, "aio": False}),
+    (lio.FileioCache.DIRECT_AIO, {"write_back": False, "aio": True}),
+    (lio.FileioCache.WRITE_BACK, {"write_back": True, "aio": False}),
+])
+def test_a_fileio_backstore_is_made_with_the_chosen_write_cache_and_a_block_one_with_none(
+        core: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache: lio.FileioCache,
+        options: dict[str, bool]) -> None:
+    monkeypatch.setattr(lio, "CONFIGFS_TARGET", tmp_path)
+    given: list[dict[str, Any]] = []
+
+    class Recorded(Made):
+        def __init__(self, name: str, dev: str | None = None, index: int | None = None, **extra: Any) -> None:
+            given.append(extra)
+            super().__init__(name, dev, index)
+
+    monkeypatch.setitem(lio._KINDS, "fileio", (Recorded, "fileio"))
+    monkeypatch.setitem(lio._KINDS, "block", (Recorded, "iblock"))
+    device = tmp_path / "disk.img"
+    device.write_bytes(b"\0" * 4096)
+    made = lio.Lio([], fileio_cache=cache)
+    made._new_storage_object("bb.demo.file", "fileio", device)
+    made._new_storage_object("bb.demo.block", "block", device)
+    assert given == [{"size": 4096, **options}, {}]
