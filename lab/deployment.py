@@ -263,12 +263,14 @@ def reads_disk(lab: Lab, grant: Grant) -> bool:
 FENCE_LUN_BYTES = 8 * 4096
 
 
-def qemu_io_argv(lab: Lab, grant: Grant, *commands: str) -> list[str]:
+def qemu_io_argv(lab: Lab, grant: Grant, *commands: str, cache: str = "writethrough") -> list[str]:
+    """qemu-io on the grant's disk. `cache`: qemu-io's own default, writethrough, makes every write FUA;
+    writeback sends plain writes and flushes only when told, as an OS with a write cache does."""
     opts = (
         f"driver=iscsi,transport=tcp,portal=127.0.0.1:{lab.iscsi_port},target={grant.target_iqn},"
         f"lun={grant.lun},user={grant.chap_user},password-secret=chap,initiator-name={grant.initiator_iqn}"
     )
-    argv = ["qemu-io", "--object", f"secret,id=chap,data={grant.chap_secret}", "--image-opts", opts]
+    argv = ["qemu-io", "-t", cache, "--object", f"secret,id=chap,data={grant.chap_secret}", "--image-opts", opts]
     for command in commands:
         argv += ["-c", command]
     return argv
@@ -288,13 +290,14 @@ QEMU_IO_PROMPT = b"qemu-io> "
 
 
 class Workstation:
-    """qemu-io kept running on one iSCSI session: a workstation that stays logged in between commands.
+    """qemu-io kept running on one iSCSI session: a workstation that stays logged in between commands, its
+    writes cached as an OS's are (plain writes; FUA and flushes when asked: `write -f`, `flushes`).
     Use as a context manager (the process is killed at the end)."""
 
     def __init__(self, lab: Lab, grant: Grant) -> None:
         self.grant = grant
         self.process = subprocess.Popen(
-            qemu_io_argv(lab, grant), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            qemu_io_argv(lab, grant, cache="writeback"), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )
         assert self.process.stdout is not None
         self._fd = self.process.stdout.fileno()  # read unbuffered: a buffered line would escape select()
