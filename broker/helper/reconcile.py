@@ -37,7 +37,12 @@ class Reconciler(Part):
         """Half-made overlays, half-published versions and publishes interrupted before they became current."""
         for leftover in self.store.tmp.glob("overlay-*"):
             log.warning("reconcile: removing half-made overlay %s", leftover.name)
-            self.backend.discard(leftover)
+            try:
+                self.backend.discard(leftover)
+            except BrokerError as e:  # nothing serves it: kept, and the helper starts
+                log.error("reconcile: cannot discard the half-made overlay %s (%s): tried again at the next start",
+                          leftover.name, e.message)
+                continue
             shutil.rmtree(leftover, ignore_errors=True)
         for leftover in self.store.tmp.glob("publish-*"):
             log.warning("reconcile: removing half-published image %s", leftover.name)

@@ -434,6 +434,22 @@ def test_a_half_made_overlay_is_discarded_by_the_backend_at_once_or_at_start_up(
     assert helper.backend.discarded[-1] == left.name and not left.exists()  # type: ignore[attr-defined]
 
 
+def test_a_half_made_overlay_the_backend_cannot_discard_at_start_up_is_kept_and_the_helper_starts(
+    helper: Helper, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    helper.ensure_session("demo", "alice")
+    left = helper.store.new_overlay_workdir("demo", "bob")  # as a crash in the middle leaves it
+
+    def refused(overlay: Path) -> None:
+        raise BackendFailure("dmsetup message failed: Device or resource busy")
+
+    monkeypatch.setattr(helper.backend, "discard", refused)
+    again = restarted(helper)  # as for backups and at once: logged, kept, tried again at the next start
+    assert left.exists()
+    assert f"cannot discard the half-made overlay {left.name}" in caplog.text
+    assert again.ensure_session("demo", "alice")["chap_user"] == "alice"
+
+
 def test_a_pool_below_min_free_percent_refuses_new_users_only(helper: Helper) -> None:
     """dm-thin's overlays grow in its pool, not in the store's filesystem: the reserve applies to the pool."""
     config = dataclasses.replace(helper.config, store=dataclasses.replace(helper.config.store, min_free_percent=5))
