@@ -112,7 +112,7 @@ def _disk_sha256(deployment: Deployment, grant: Grant, tmp_path: Path) -> str:
     """Copy the whole disk over iSCSI with qemu-img and hash it."""
     out = tmp_path / "disk.raw"
     argv = qemu_io_argv(deployment.lab, grant)
-    secret_object, image_opts = argv[2], argv[4]
+    secret_object, image_opts = argv[argv.index("--object") + 1], argv[argv.index("--image-opts") + 1]
     done = subprocess.run(
         ["qemu-img", "convert", "--object", secret_object, "--image-opts", image_opts, "-O", "raw", str(out)],
         capture_output=True, text=True, timeout=300, check=False,
