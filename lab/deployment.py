@@ -264,8 +264,9 @@ FENCE_LUN_BYTES = 8 * 4096
 
 
 def qemu_io_argv(lab: Lab, grant: Grant, *commands: str, cache: str = "writethrough") -> list[str]:
-    """qemu-io on the grant's disk. `cache`: qemu-io's own default, writethrough, makes every write FUA;
-    writeback sends plain writes and flushes only when told, as an OS with a write cache does."""
+    """qemu-io on the grant's disk. `cache`: writethrough (qemu-io's own default) makes every write durable
+    before it completes; writeback sends plain writes and flushes only when told, as an OS with a write cache
+    does."""
     opts = (
         f"driver=iscsi,transport=tcp,portal=127.0.0.1:{lab.iscsi_port},target={grant.target_iqn},"
         f"lun={grant.lun},user={grant.chap_user},password-secret=chap,initiator-name={grant.initiator_iqn}"
@@ -297,7 +298,8 @@ class Workstation:
     def __init__(self, lab: Lab, grant: Grant) -> None:
         self.grant = grant
         self.process = subprocess.Popen(
-            qemu_io_argv(lab, grant, cache="writeback"), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            qemu_io_argv(lab, grant, cache="writeback"),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )
         assert self.process.stdout is not None
         self._fd = self.process.stdout.fileno()  # read unbuffered: a buffered line would escape select()

@@ -61,9 +61,9 @@ class FileioCache(Enum):
 
     #: the file opened O_DSYNC: every write is on disk when it completes; no write cache reported
     WRITE_THROUGH = "write-through"
-    #: the kernel's asynchronous I/O (fd_async_io): direct I/O that ignores O_DSYNC (only FUA writes are synced) while no
-    #: write cache is reported, so the initiator never flushes: a write into a clone's shared or new extent
-    #: completes before the file's metadata that maps it is on disk. Measured (fastest), never used.
+    #: the kernel's asynchronous I/O (fd_async_io): direct I/O that ignores O_DSYNC (only FUA writes are
+    #: synced) while no write cache is reported, so the initiator never flushes: a write into a clone's shared
+    #: or new extent completes before the file's metadata that maps it is on disk. Measured, never used.
     DIRECT_AIO = "direct-aio"
     #: buffered in the page cache, a write cache reported to the initiator (WCE): its flushes
     #: (SYNCHRONIZE CACHE) and FUA writes are synced to the file before they complete
