@@ -42,17 +42,13 @@ from broker.shared.helper_client import HelperClient
 from broker.helper.lio import FileioCache
 import boot_replay  # benchmarks/boot_replay.py
 import target_io  # benchmarks/target_io.py
-from timing import timed  # benchmarks/timing.py: run as python benchmarks/NAME.py
+from timing import say, timed  # benchmarks/timing.py: run as python benchmarks/NAME.py
 from visits import Client, all_at_once, failures
 
 MKTGT = Path(__file__).resolve().parent / "mktgt" / "mktgt"
 MKTGT_CONTROL_PORT = "7"  # tgtd's control port (the caller starts tgtd with -C 7)
 MKTGT_ISCSI_PORT = 3261  # LIO holds 3260 in the same VM
 GIB = 2**30
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 class Bootbroker:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import shutil
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +29,7 @@ from broker.helper.backends import devicemapper
 from broker.helper.backends.reflink import ReflinkBackend
 from broker.helper.lio import FileioCache, Lio
 from broker.shared.config import Portal
+from timing import say  # benchmarks/timing.py: run as python benchmarks/NAME.py
 
 WORKLOADS = {  # name -> qemu-img bench options: 1 MiB in order, or 4 KiB scattered over the whole disk (see bench)
     "sequential read": ["-s", "1M"],
@@ -41,10 +41,6 @@ SCATTERED = 8192  # 4 KiB requests per scattered run (32 MiB)
 FLUSH_EVERY = 64  # write requests between flushes: 64 MiB sequential, 256 KiB scattered
 GOLDEN_SECRET = "goldensecret12345"  # the bench's own targets' CHAP secret (a benchmark in a throwaway VM)
 PREFIX = "iqn.2026-11.org.example.lab.bench"
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 class Endpoint(NamedTuple):
@@ -62,8 +58,8 @@ def bench(at: Endpoint, workload: str, size: int) -> float:
     """MiB/s of one qemu-img bench run over the process's whole time: sequential reads cover the whole disk
     (`size` bytes), sequential writes its first half (mktgt's snapshot cannot take a whole disk's changes: its
     COW file is the disk's size, and the exceptions' metadata needs room too), scattered runs make SCATTERED
-    requests. The page cache is dropped first: a clone's pages
-    are not its original's, so whichever file was read or written last would otherwise start warm."""
+    requests. The page cache is dropped first: a clone's pages are not its original's, so whichever file was
+    read or written last would otherwise start warm."""
     options = WORKLOADS[workload]
     count = (size // 2**20 // (2 if "-w" in options else 1)) if "1M" in options else SCATTERED
     flushes = ["--flush-interval", str(FLUSH_EVERY)] if "-w" in options else []

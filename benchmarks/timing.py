@@ -1,7 +1,8 @@
-"""What the benchmarks share: timing an action."""
+"""What the benchmarks share: timing an action, and progress on stderr (stdout carries their JSON)."""
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 
@@ -14,3 +15,7 @@ def timed(action: Callable[[], object], repeat: int) -> list[float]:
         action()
         times.append(time.perf_counter() - started)
     return times
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

@@ -201,8 +201,9 @@ def report(results: dict[str, Any]) -> str:
         ("overlays", "Overlay creation (bootbroker: the backend making and attaching one user's overlay; mktgt: "
                      "its whole first login, overlay and target):", overlays_table),
         ("io", "I/O through iSCSI (qemu-img bench in the VM, 16 requests in flight, page cache dropped before "
-               "each run; sequential: the whole disk in 1 MiB requests; scattered: 8,192 requests of 4 KiB "
-               "spread over it; writes on a fresh overlay each run, a flush every 64 requests; MiB over the "
+               "each run; sequential: 1 MiB requests over the whole disk (writes: its first half); scattered: "
+               "8,192 requests of 4 KiB spread over it; writes on a fresh overlay each run, a flush every 64 "
+               "requests; MiB over the "
                "whole run with its login and last flush; in brackets: the share of the golden target above "
                "it):", io_table),
         ("boots", "Boot storms replaying a real boot (kernel iSCSI sessions, fio; page cache dropped first):",
